@@ -1,0 +1,25 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
+	scripts/bootstrap.sh $(VENV) bench
+	touch $@
+
+$(VENV)/.dev: pyproject.toml scripts/bootstrap.sh
+	scripts/bootstrap.sh $(VENV) dev
+	touch $@ $(VENV)/.bench
+
+demo: $(VENV)/.bench  ## set up, then run the demo on generated data
+	$(VENV)/bin/zcopy-data demo
+
+test: $(VENV)/.dev  ## set up, then lint and run the test suite
+	$(PY) -m ruff check zcopy_data tests benchmarks examples
+	$(PY) -m pytest
+
+bench: $(VENV)/.bench  ## the full benchmark
+	$(VENV)/bin/zcopy-data bench --json benchmarks/results/bench.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,5 @@
+"""Collating batches: views, one gather, or one stack into a buffer that knows where it goes."""
+
+from zcopy_data.collate.collate import zero_copy_collate
+
+__all__ = ["zero_copy_collate"]

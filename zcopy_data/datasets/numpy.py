@@ -1,0 +1,106 @@
+"""``NumpyDataset``: named NumPy arrays or ``.npy`` files, memory-mapped copy-on-write."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from zcopy_data._mapping import remap_private
+from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.errors import CopyRequiredError, SchemaError
+from zcopy_data.schema import Schema
+
+__all__ = ["NumpyDataset"]
+
+Source = np.ndarray[Any, Any] | str | os.PathLike[str]
+
+
+def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any]:
+    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error."""
+    try:
+        return np.load(path, mmap_mode="c", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"field {field!r}: no such file {os.fspath(path)!r}") from None
+    except ValueError as err:
+        raise SchemaError(
+            f"field {field!r}: {os.fspath(path)!r} is not a readable .npy file of a numeric array ({err}); "
+            "write it with np.save(path, array) and a numeric dtype",
+            field=field,
+        ) from None
+
+
+class NumpyDataset(ZeroCopyDataset):
+    """Named columns, each an ``np.ndarray`` or a path to a ``.npy`` file (first axis = sample).
+
+    Files are memory-mapped copy-on-write: reads are zero-copy, writes never reach the file. A
+    read-only ``np.memmap`` is mapped again copy-on-write; other read-only arrays are refused
+    (a tensor over them could be written through) unless ``copy=True``.
+
+    Args:
+        columns: field name -> array or ``.npy`` path. All fields need the same length.
+        schema: optional declared schema; the columns must match it exactly.
+        copy: copy every batch, contiguous ones included (isolates in-place ops on batches).
+
+    >>> ds = NumpyDataset({"x": np.zeros((4, 2), np.float32), "y": np.arange(4)})
+    >>> ds.schema
+    Schema({'x': float32[2], 'y': int64[]})
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, Source],
+        *,
+        schema: Schema | Mapping[str, Any] | None = None,
+        copy: bool = False,
+    ) -> None:
+        if not isinstance(columns, Mapping) or not columns:
+            raise SchemaError("NumpyDataset needs a non-empty mapping of field name -> array or .npy path")
+        self.copy = copy
+        self._sources: dict[str, Source] = dict(columns)
+        self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
+        if schema is not None:
+            self.schema = schema
+        _ = self.schema  # validate lengths, dtypes and the declared schema now, not mid-epoch
+
+    def _open(self, name: str, src: Source) -> np.ndarray[Any, Any]:
+        if isinstance(src, (str, os.PathLike)):
+            return load_npy(src, field=name)
+        if not isinstance(src, np.ndarray):
+            raise SchemaError(
+                f"field {name!r}: expected an np.ndarray or a .npy path, found {type(src).__name__}; "
+                "convert once with np.asarray(...)",
+                field=name,
+            )
+        if src.dtype.kind == "O":
+            raise SchemaError(f"field {name!r}: object arrays cannot be zero-copy; store a numeric dtype", field=name)
+        if not src.flags.writeable:
+            private = remap_private(src)
+            if private is not None:
+                return private
+        if not src.flags.writeable and not self.copy:
+            raise CopyRequiredError(
+                f"field {name!r}: the array is read-only, and a zero-copy batch over it could be "
+                "written through; pass a writable array, a .npy path, or copy=True",
+                field=name,
+            )
+        return src
+
+    def columns(self) -> dict[str, np.ndarray[Any, Any]]:
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        # File-backed columns travel as their path (workers map the file themselves);
+        # only in-memory arrays are pickled with their data.
+        state = super().__getstate__()
+        state["_arrays"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
+
+    def __repr__(self) -> str:
+        return f"NumpyDataset({len(self)} samples, {self.schema})"

@@ -1,0 +1,137 @@
+"""The copy ledger: every byte a stage viewed or copied, per stage and field, and why.
+
+Stages call :func:`record` once per batch and field (never per sample). Records go to the
+process-wide :data:`LEDGER` and to every open :func:`capture`, which is how
+:func:`zcopy_data.explain` collects exact counts from worker processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+__all__ = ["LEDGER", "CopyLedger", "LedgerRow", "capture", "record"]
+
+Record = tuple[str, str, str, int, int]  # stage, field, reason, bytes_viewed, bytes_copied
+
+
+@dataclass
+class LedgerRow:
+    """Totals for one (stage, field, reason)."""
+
+    stage: str
+    field: str
+    reason: str
+    events: int = 0
+    bytes_viewed: int = 0
+    bytes_copied: int = 0
+
+
+class CopyLedger:
+    """Aggregated copy accounting; ``str()`` prints it like a query plan.
+
+    Attributes:
+        batches: how many batches the figures cover (set by ``explain``).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str], LedgerRow] = {}
+        self._lock = threading.Lock()
+        self.batches = 0
+
+    def add(self, stage: str, field: str, reason: str, viewed: int = 0, copied: int = 0) -> None:
+        key = (stage, field, reason)
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None:
+                row = self._rows[key] = LedgerRow(stage, field, reason)
+            row.events += 1
+            row.bytes_viewed += viewed
+            row.bytes_copied += copied
+
+    def extend(self, records: Iterable[Record]) -> None:
+        for stage, field, reason, viewed, copied in records:
+            self.add(stage, field, reason, viewed, copied)
+
+    @property
+    def rows(self) -> list[LedgerRow]:
+        with self._lock:
+            return [LedgerRow(**vars(r)) for r in self._rows.values()]
+
+    @property
+    def bytes_copied(self) -> int:
+        return sum(r.bytes_copied for r in self.rows)
+
+    @property
+    def bytes_viewed(self) -> int:
+        return sum(r.bytes_viewed for r in self.rows)
+
+    def copied(self, stage: str) -> int:
+        """Bytes copied by one stage."""
+        return sum(r.bytes_copied for r in self.rows if r.stage == stage)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self.batches = 0
+
+    def __str__(self) -> str:
+        rows = self.rows
+        head = ("stage", "field", "events", "viewed", "copied", "why")
+        body = [
+            (r.stage, r.field, str(r.events), _size(r.bytes_viewed), _size(r.bytes_copied), r.reason)
+            for r in rows
+        ]
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 5) else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
+        lines += [fmt.format(*b).rstrip() for b in body]
+        per = f", {_size(self.bytes_copied // self.batches)} per batch" if self.batches else ""
+        lines.append(
+            f"total over {self.batches} batches: viewed {_size(self.bytes_viewed)}, "
+            f"copied {_size(self.bytes_copied)}{per}"
+        )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<CopyLedger batches={self.batches} viewed={self.bytes_viewed} copied={self.bytes_copied}>"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+LEDGER = CopyLedger()
+"""This process's ledger since start (or the last ``LEDGER.reset()``)."""
+
+_local = threading.local()
+
+
+def record(stage: str, field: str, reason: str, *, viewed: int = 0, copied: int = 0) -> None:
+    """Count one stage's work on one field of one batch."""
+    LEDGER.add(stage, field, reason, viewed, copied)
+    captures: list[list[Record]] | None = getattr(_local, "captures", None)
+    if captures:
+        rec = (stage, field, reason, viewed, copied)
+        for sink in captures:
+            sink.append(rec)
+
+
+@contextmanager
+def capture() -> Iterator[list[Record]]:
+    """Collect the records made by this thread inside the block."""
+    sink: list[Record] = []
+    captures = getattr(_local, "captures", None)
+    if captures is None:
+        captures = _local.captures = []
+    captures.append(sink)
+    try:
+        yield sink
+    finally:
+        captures.remove(sink)
