@@ -73,8 +73,9 @@ def _record_crossing(batch: Any) -> None:
         if t.is_shared():
             record(CROSS, name, "handle: buffer already in shared memory", viewed=nbytes(t))
         else:
-            record(CROSS, name, "pickle: storage not in shared memory, copied into it",
-                   copied=t.untyped_storage().nbytes())
+            record(
+                CROSS, name, "pickle: storage not in shared memory, copied into it", copied=t.untyped_storage().nbytes()
+            )
 
 
 def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
@@ -84,8 +85,7 @@ def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
         if t.device.type != "cpu":
             continue
         if t.is_pinned():
-            record("pin", name, "DataLoader pin_memory=True: pin thread copied into pinned memory",
-                   copied=nbytes(t))
+            record("pin", name, "DataLoader pin_memory=True: pin thread copied into pinned memory", copied=nbytes(t))
         else:
             record("pin", name, "skipped: no accelerator to pin for", viewed=nbytes(t))
 

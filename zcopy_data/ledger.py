@@ -80,11 +80,8 @@ class CopyLedger:
     def __str__(self) -> str:
         rows = self.rows
         head = ("stage", "field", "events", "viewed", "copied", "why")
-        body = [
-            (r.stage, r.field, str(r.events), _size(r.bytes_viewed), _size(r.bytes_copied), r.reason)
-            for r in rows
-        ]
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        body = [(r.stage, r.field, str(r.events), _size(r.bytes_viewed), _size(r.bytes_copied), r.reason) for r in rows]
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
         fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 5) else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
         lines += [fmt.format(*b).rstrip() for b in body]

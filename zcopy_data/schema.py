@@ -53,7 +53,7 @@ class Field:
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.shape) and all(
-            want is None or want == got for want, got in zip(self.shape, shape)
+            want is None or want == got for want, got in zip(self.shape, shape, strict=False)
         )
 
     def __str__(self) -> str:
@@ -215,7 +215,7 @@ class Schema(Mapping[str, Field]):
                     field=name,
                 )
             if len(have.shape) != len(need.shape) or any(
-                a is not None and b is not None and a != b for a, b in zip(have.shape, need.shape)
+                a is not None and b is not None and a != b for a, b in zip(have.shape, need.shape, strict=False)
             ):
                 raise ShapeMismatchError(
                     f"field {name!r}: the {ours} gives {have}, the {theirs} expects {need}",

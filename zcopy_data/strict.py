@@ -47,29 +47,43 @@ def _fail(field: str | None, index: int | None, expected: str, found: str, fix: 
     )
 
 
-def _check_numpy(arr: np.ndarray[Any, Any], want: torch.dtype | None, field: str | None, index: int | None) -> np.ndarray[Any, Any]:
+def _check_numpy(
+    arr: np.ndarray[Any, Any], want: torch.dtype | None, field: str | None, index: int | None
+) -> np.ndarray[Any, Any]:
     dt = arr.dtype
     if dt.kind in "OUSVMm":
         raise _fail(
-            field, index, "a numeric array", f"dtype {dtype_name(dt)}",
+            field,
+            index,
+            "a numeric array",
+            f"dtype {dtype_name(dt)}",
             "Store the field as a numeric dtype (strings and objects cannot become tensors).",
         )
     if not dt.isnative:
         raise _fail(
-            field, index, "native byte order", f"dtype {dtype_name(dt)}",
+            field,
+            index,
+            "native byte order",
+            f"dtype {dtype_name(dt)}",
             f"Rewrite the data once with arr.astype({dt.newbyteorder('=').str!r}), "
             "or pass copy=True to convert on every read.",
         )
     found = to_torch_dtype(dt)
     if want is not None and found != want:
         raise _fail(
-            field, index, dtype_name(want), dtype_name(found),
+            field,
+            index,
+            dtype_name(want),
+            dtype_name(found),
             f"Store the field as {dtype_name(want)}, declare Field(torch.{dtype_name(found)}), "
             "or cast on the device (the one stage allowed to change a dtype).",
         )
     if any(s < 0 for s in arr.strides):
         raise _fail(
-            field, index, "non-negative strides", f"strides {arr.strides}",
+            field,
+            index,
+            "non-negative strides",
+            f"strides {arr.strides}",
             "Pass np.ascontiguousarray(arr) (one explicit copy) or copy=True.",
         )
     if not arr.flags.writeable:
@@ -113,19 +127,28 @@ def strict_asarray(
     if isinstance(obj, torch.Tensor):
         if want is not None and obj.dtype != want:
             raise _fail(
-                field, index, dtype_name(want), dtype_name(obj.dtype),
+                field,
+                index,
+                dtype_name(want),
+                dtype_name(obj.dtype),
                 "Produce the declared dtype, or cast on the device.",
             )
         if dev is not None and obj.device != dev and not (dev.index is None and obj.device.type == dev.type):
             raise _fail(
-                field, index, f"a tensor on {dev}", f"one on {obj.device}",
+                field,
+                index,
+                f"a tensor on {dev}",
+                f"one on {obj.device}",
                 "Move it with a device stage (zcopy_data.transfer) or pass copy=True.",
             )
         return obj
 
     if isinstance(obj, (list, tuple, int, float, complex, bool, str)) or obj is None:
         raise _fail(
-            field, index, "an array, tensor or buffer", f"a Python {type(obj).__name__}",
+            field,
+            index,
+            "an array, tensor or buffer",
+            f"a Python {type(obj).__name__}",
             "Return a NumPy array or tensor from the dataset (np.asarray(...) once, at build time).",
         )
 
@@ -136,7 +159,10 @@ def strict_asarray(
         arr = _check_numpy(arr, want, field, index)
         if dev is not None and dev.type != "cpu":
             raise _fail(
-                field, index, f"data on {dev}", "host memory",
+                field,
+                index,
+                f"data on {dev}",
+                "host memory",
                 "Move it with a device stage (zcopy_data.transfer) or pass copy=True.",
             )
         if arr.flags.writeable:
@@ -151,7 +177,10 @@ def strict_asarray(
             out = torch.asarray(obj, dtype=want, device=dev, copy=False)
     except (ValueError, TypeError, RuntimeError) as err:
         raise _fail(
-            field, index, "an object torch can alias", f"{type(obj).__name__} ({err})",
+            field,
+            index,
+            "an object torch can alias",
+            f"{type(obj).__name__} ({err})",
             "Pass a NumPy array, a tensor, or an object exposing DLPack or the buffer protocol.",
         ) from None
     if want is not None and out.dtype != want:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch.utils.data import get_worker_info
 
@@ -34,5 +33,3 @@ def allocate(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | 
     if get_worker_info() is not None:
         return allocate_shared(shape, dtype)
     return allocate_host(shape, dtype)
-
-

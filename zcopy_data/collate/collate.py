@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 
 from zcopy_data._dtypes import dtype_name, to_torch_dtype
 from zcopy_data.collate.buffers import allocate, nbytes
-from zcopy_data.datasets.base import BatchRequest, SampleBatch, contiguous_run
+from zcopy_data.datasets.base import BatchRequest, SampleBatch
 from zcopy_data.errors import DtypeDriftError, ShapeMismatchError, describe
 from zcopy_data.ledger import record
 from zcopy_data.schema import value_spec
@@ -58,9 +58,9 @@ def zero_copy_collate(batch: Any) -> Any:
 # -- columnar: views and gathers -------------------------------------------------------------
 def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     ds = req.dataset
-    idx = req.index_array()
+    idx, contiguous = req.resolve()
     cols = ds._zc_columns()
-    run = None if ds.copy else contiguous_run(idx)
+    run = None if ds.copy else contiguous
     out: dict[str, torch.Tensor] = {}
     if run is not None:
         start, stop = run
@@ -69,7 +69,7 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
             record(STAGE, name, "view: indices contiguous", viewed=nbytes(t))
             out[name] = t
         return out
-    reason = "gather: copy=True" if ds.copy and contiguous_run(idx) else "gather: indices not contiguous"
+    reason = "gather: copy=True" if ds.copy and contiguous else "gather: indices not contiguous"
     tensors = ds._zc_tensors()
     index = torch.from_numpy(idx)
     for name, src in tensors.items():
@@ -162,7 +162,9 @@ def _check_same_type(batch: list[Any], path: str | None, indices: list[int] | No
             )
 
 
-def _check_uniform(specs: list[tuple[torch.dtype, tuple[int, ...]]], path: str | None, indices: list[int] | None) -> None:
+def _check_uniform(
+    specs: list[tuple[torch.dtype, tuple[int, ...]]], path: str | None, indices: list[int] | None
+) -> None:
     dtype, shape = specs[0]
     for pos, (d, s) in enumerate(specs):
         if d != dtype:
@@ -202,4 +204,3 @@ def _stack_scalars(batch: list[Any], path: str | None, indices: list[int] | None
     out.numpy()[:] = batch
     record(STAGE, path or "<sample>", "stack: per-sample values", copied=nbytes(out))
     return out
-

@@ -102,8 +102,8 @@ class ZeroCopyDataset(Dataset[Any]):
 
     @schema.setter
     def schema(self, value: Schema | Mapping[str, Any] | None) -> None:
-        self.__dict__["_zc_declared"] = None if value is None else (
-            value if isinstance(value, Schema) else Schema(value)
+        self.__dict__["_zc_declared"] = (
+            None if value is None else (value if isinstance(value, Schema) else Schema(value))
         )
         self.__dict__.pop("_zc_schema", None)
 
@@ -214,8 +214,9 @@ class BatchRequest(Sequence[Any]):
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
         return self.dataset[self.indices[i]]
 
-    def index_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """The indices as int64, negatives resolved, range checked once for the whole batch."""
+    def resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
+        """The indices as int64 (negatives resolved, range checked once for the whole batch),
+        and ``(start, stop)`` when they are one contiguous ascending run."""
         try:
             idx = np.asarray(self.indices, dtype=np.int64)
         except (TypeError, ValueError, OverflowError):
@@ -225,16 +226,24 @@ class BatchRequest(Sequence[Any]):
         if idx.ndim != 1:
             raise SampleIndexError(f"a batch of indices must be 1-D, found shape {idx.shape}")
         n = len(self.dataset)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
+        k = idx.size
+        if k == 0:
+            return idx, None
+        first, last = int(idx[0]), int(idx[-1])
+        if 0 <= first and last < n and last - first == k - 1 and (k == 1 or bool((np.diff(idx) == 1).all())):
+            return idx, (first, last + 1)  # the common sequential case: no min/max pass
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < -n or hi >= n:
             pos = int(np.flatnonzero((idx < -n) | (idx >= n))[0])
             raise SampleIndexError(
                 f"index {int(idx[pos])} (position {pos} in the batch) is out of range for a dataset "
                 f"of {n} samples; check the sampler",
                 index=int(idx[pos]),
             )
-        if idx.size and idx.min() < 0:
+        if lo < 0:
             idx = np.where(idx < 0, idx + n, idx)
-        return idx
+            return idx, contiguous_run(idx)
+        return idx, None
 
     def __repr__(self) -> str:
         return f"BatchRequest({type(self.dataset).__name__}, {len(self)} indices)"
@@ -251,4 +260,3 @@ def contiguous_run(idx: np.ndarray[Any, Any]) -> tuple[int, int] | None:
     if n > 1 and not bool((np.diff(idx) == 1).all()):
         return None
     return start, start + n
-

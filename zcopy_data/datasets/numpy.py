@@ -67,7 +67,9 @@ class NumpyDataset(ZeroCopyDataset):
 
     def _open(self, name: str, src: Source) -> np.ndarray[Any, Any]:
         if isinstance(src, (str, os.PathLike)):
-            return load_npy(src, field=name)
+            # A plain ndarray view of the np.memmap: same pages, without np.memmap's
+            # per-slice Python hook (it costs more than the slice itself).
+            return load_npy(src, field=name).view(np.ndarray)
         if not isinstance(src, np.ndarray):
             raise SchemaError(
                 f"field {name!r}: expected an np.ndarray or a .npy path, found {type(src).__name__}; "
@@ -79,7 +81,7 @@ class NumpyDataset(ZeroCopyDataset):
         if not src.flags.writeable:
             private = remap_private(src)
             if private is not None:
-                return private
+                return private.view(np.ndarray)
         if not src.flags.writeable and not self.copy:
             raise CopyRequiredError(
                 f"field {name!r}: the array is read-only, and a zero-copy batch over it could be "
