@@ -59,6 +59,8 @@ def zero_copy_collate(batch: Any) -> Any:
 def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     ds = req.dataset
     idx, contiguous = req.resolve()
+    if ds.gathers_batches:
+        return ds.gather_batch(idx, contiguous)
     cols = ds._zc_columns()
     run = None if ds.copy else contiguous
     out: dict[str, torch.Tensor] = {}

@@ -57,9 +57,25 @@ class ZeroCopyDataset(Dataset[Any]):
         """Columnar subclasses return ``field -> array`` (first axis = sample index)."""
         raise NotImplementedError
 
+    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        """Advanced hook for sources that are neither plain columns nor per-sample: build a batch.
+
+        ``indices`` are validated int64 dataset indices, ``run`` is ``(start, stop)`` when they are
+        contiguous. Allocate outputs with :func:`zcopy_data.collate.buffers.allocate` (shared memory
+        inside a worker) and count every byte with :func:`zcopy_data.ledger.record`. Chunked
+        Arrow files and images decoded straight into the batch buffer use it.
+        """
+        raise NotImplementedError
+
     @property
     def is_columnar(self) -> bool:
+        """True when the subclass overrides ``columns()``."""
         return type(self).columns is not ZeroCopyDataset.columns
+
+    @property
+    def gathers_batches(self) -> bool:
+        """True when the subclass overrides ``gather_batch()``."""
+        return type(self).gather_batch is not ZeroCopyDataset.gather_batch
 
     # -- schema --------------------------------------------------------------------------
     @property
@@ -173,7 +189,7 @@ class ZeroCopyDataset(Dataset[Any]):
 
     def __getitems__(self, indices: Sequence[int]) -> BatchRequest | SampleBatch:
         """Called by ``DataLoader`` with a whole batch of indices (PyTorch >= 2.1)."""
-        if self.is_columnar:
+        if self.is_columnar or self.gathers_batches:
             return BatchRequest(self, indices)
         samples = SampleBatch(self[i] for i in indices)
         samples.indices = list(indices)
