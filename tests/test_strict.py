@@ -11,7 +11,9 @@ import torch
 from zcopy_data import CopyRequiredError, strict_asarray
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]
+)
 @pytest.mark.parametrize("shape", [(0,), (5,), (2, 3), (2, 3, 4)])
 def test_numpy_arrays_become_tensors_over_the_same_memory(dtype, shape):
     arr = np.zeros(shape, dtype=dtype)

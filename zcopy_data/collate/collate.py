@@ -89,8 +89,19 @@ def _join(path: str | None, key: object) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 
 
-def _index(indices: list[int] | None, pos: int) -> int:
-    return pos if indices is None else int(indices[pos])
+def _index(indices: list[int] | None, pos: int) -> int | None:
+    return None if indices is None else int(indices[pos])
+
+
+def _where(path: str | None, indices: list[int] | None, pos: int) -> str:
+    """``field 'x' at index 7`` when dataset indices are known, else the position in the batch."""
+    if indices is None:
+        return f"field {path or '<sample>'!r} at batch position {pos}"
+    return describe(path or "<sample>", int(indices[pos]))
+
+
+def _first(indices: list[int] | None) -> str:
+    return "the batch's first sample" if indices is None else f"sample {int(indices[0])}"
 
 
 def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> Any:
@@ -100,7 +111,12 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "US":
             return default_collate(batch)  # raises the same TypeError default_collate does
-        tensors = [strict_asarray(a, field=path or "<sample>", index=_index(indices, i)) for i, a in enumerate(batch)]
+        tensors = [
+            strict_asarray(
+                a, field=path if indices else f"{path or '<sample>'} (batch position {i})", index=_index(indices, i)
+            )
+            for i, a in enumerate(batch)
+        ]
         return _stack_tensors(tensors, path, indices)
     if isinstance(elem, (np.bool_, np.number)):
         return _stack_scalars(batch, path, indices)
@@ -128,8 +144,8 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         for pos, sample in enumerate(batch):
             if len(sample) != size:
                 raise ShapeMismatchError(
-                    f"{describe(path or '<sample>', _index(indices, pos))}: has {len(sample)} elements, "
-                    f"sample {_index(indices, 0)} has {size}; every sample needs the same structure",
+                    f"{_where(path, indices, pos)}: has {len(sample)} elements, "
+                    f"{_first(indices)} has {size}; every sample needs the same structure",
                     field=path,
                     index=_index(indices, pos),
                 )
@@ -157,8 +173,8 @@ def _check_same_type(batch: list[Any], path: str | None, indices: list[int] | No
     for pos, v in enumerate(batch):
         if type(v) is not first:
             raise DtypeDriftError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected a {first.__name__} like "
-                f"sample {_index(indices, 0)}, found a {type(v).__name__}; return one type per field",
+                f"{_where(path, indices, pos)}: expected a {first.__name__} like "
+                f"{_first(indices)}, found a {type(v).__name__}; return one type per field",
                 field=path,
                 index=_index(indices, pos),
             )
@@ -171,16 +187,16 @@ def _check_uniform(
     for pos, (d, s) in enumerate(specs):
         if d != dtype:
             raise DtypeDriftError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected {dtype_name(dtype)} "
-                f"(as sample {_index(indices, 0)}), found {dtype_name(d)}; store every sample as "
+                f"{_where(path, indices, pos)}: expected {dtype_name(dtype)} "
+                f"(as {_first(indices)}), found {dtype_name(d)}; store every sample as "
                 f"{dtype_name(dtype)} (nothing is cast on the host)",
                 field=path,
                 index=_index(indices, pos),
             )
         if s != shape:
             raise ShapeMismatchError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected shape {tuple(shape)} "
-                f"(as sample {_index(indices, 0)}), found {tuple(s)}; resize or pad samples to one "
+                f"{_where(path, indices, pos)}: expected shape {tuple(shape)} "
+                f"(as {_first(indices)}), found {tuple(s)}; resize or pad samples to one "
                 "shape, or collate this field yourself",
                 field=path,
                 index=_index(indices, pos),
