@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from zcopy_data._dtypes import dtype_name, to_torch_dtype
+from zcopy_data._dtypes import dtype_name
 from zcopy_data.collate.buffers import allocate, nbytes
 from zcopy_data.datasets.base import BatchRequest, SampleBatch
 from zcopy_data.errors import DtypeDriftError, ShapeMismatchError, describe
@@ -122,13 +122,11 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         return _stack_scalars(batch, path, indices)
     if isinstance(elem, (bool, int, float)):
         _check_same_type(batch, path, indices)
-        out = default_collate(batch)
-        record(STAGE, path or "<sample>", "copy: Python numbers", copied=nbytes(out))
-        return out
+        return _stack_scalars(batch, path, indices)
     if isinstance(elem, (str, bytes)):
         return batch
     if isinstance(elem, collections.abc.Mapping):
-        fields = {k: _field(batch, k, path, indices) for k in elem}
+        fields = {k: _collate([d[k] for d in batch], _join(path, k), indices) for k in elem}
         if isinstance(elem, collections.abc.MutableMapping):
             clone = copy.copy(elem)
             clone.update(fields)
@@ -138,7 +136,12 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         except TypeError:
             return fields
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):
-        return type(elem)(*(_field(batch, i, path, indices, name=f) for i, f in enumerate(elem._fields)))
+        return type(elem)(
+            *(
+                _collate(col, _join(path, f), indices)
+                for col, f in zip(zip(*batch, strict=True), elem._fields, strict=True)
+            )
+        )
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         for pos, sample in enumerate(batch):
@@ -149,7 +152,8 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
                     field=path,
                     index=_index(indices, pos),
                 )
-        fields_list = [_field(batch, i, path, indices) for i in range(size)]
+        # Transposed columns are tuples, exactly as default_collate passes them on.
+        fields_list = [_collate(col, _join(path, i), indices) for i, col in enumerate(zip(*batch, strict=True))]
         if isinstance(elem, tuple):
             return fields_list
         try:
@@ -162,10 +166,6 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         except TypeError:
             return fields_list
     return default_collate(batch)
-
-
-def _field(batch: list[Any], key: Any, path: str | None, indices: list[int] | None, name: str | None = None) -> Any:
-    return _collate([s[key] for s in batch], _join(path, name if name is not None else key), indices)
 
 
 def _check_same_type(batch: list[Any], path: str | None, indices: list[int] | None) -> None:
@@ -217,7 +217,7 @@ def _stack_tensors(batch: list[torch.Tensor], path: str | None, indices: list[in
 def _stack_scalars(batch: list[Any], path: str | None, indices: list[int] | None) -> torch.Tensor:
     specs = [value_spec(v) for v in batch]
     _check_uniform(specs, path, indices)  # type: ignore[arg-type]
-    dtype = to_torch_dtype(batch[0].dtype)
+    dtype = specs[0][0]  # type: ignore[index]
     out = allocate((len(batch),), dtype)
     out.numpy()[:] = batch
     record(STAGE, path or "<sample>", "stack: per-sample values", copied=nbytes(out))
