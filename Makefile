@@ -15,7 +15,7 @@ demo: $(VENV)/.bench  ## set up, then run the demo on generated data
 	$(VENV)/bin/zcopy-data demo
 
 test: $(VENV)/.dev  ## set up, then lint and run the test suite
-	$(PY) -m ruff check zcopy_data tests benchmarks examples
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench  ## the full benchmark
