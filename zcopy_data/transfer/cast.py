@@ -161,6 +161,12 @@ def _check_conversion(name: str, src: torch.dtype, cast: Cast, shape: tuple[int 
             f"store it as {dtype_name(dst)} or {fix}",
             field=name,
         )
+    if dst == torch.bool and src != torch.bool:
+        raise DtypeDriftError(
+            f"field {name!r}: cannot cast {dtype_name(src)} to bool (only zero / non-zero would survive); "
+            f"compare on the device instead (batch[{name!r}] != 0), or drop {name!r} from the cast map",
+            field=name,
+        )
     channels = cast.channels
     if channels is not None and shape is not None:
         have = shape[0] if shape else 1

@@ -135,6 +135,16 @@ class _Transfer:
         return self.batch
 
 
+class _Ready:
+    """A batch that needs no transfer (``device="cpu"``)."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def handoff(self) -> Any:
+        return self.batch
+
+
 def _to_cpu(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
         record(STAGE, name, "skipped: target device is cpu", viewed=nbytes(t))
@@ -237,31 +247,16 @@ class DevicePrefetcher:
         return len(self.loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
-        if self.device.type == "cpu":
-            return self._iter_cpu()
-        return self._iter_device()
-
-    def _iter_cpu(self) -> Iterator[Any]:
-        for batch in self.loader:
-            for name, t in leaves(batch):
-                if t.device.type == "cpu":
-                    record(PIN, name, "skipped: no accelerator to pin for", viewed=nbytes(t))
-            yield self.cast(map_tensors(batch, _to_cpu))
-
-    def _iter_device(self) -> Iterator[Any]:
-        stream = side_stream(self.device)
         it = iter(self.loader)
-        queue: deque[_Transfer] = deque()
+        start = self._start_cpu if self.device.type == "cpu" else self._start_device
+        queue: deque[_Transfer | _Ready] = deque()
 
         def issue() -> bool:
             try:
                 batch = next(it)
             except StopIteration:
                 return False
-            batch, slot = self._stage(batch)
-            queue.append(
-                _Transfer(batch, self.device, self.cast, non_blocking=self.non_blocking, stream=stream, slot=slot)
-            )
+            queue.append(start(batch))
             return True
 
         for _ in range(self.depth):
@@ -271,6 +266,17 @@ class DevicePrefetcher:
             transfer = queue.popleft()
             issue()
             yield transfer.handoff()
+
+    def _start_cpu(self, batch: Any) -> _Ready:
+        for name, t in leaves(batch):
+            if t.device.type == "cpu":
+                record(PIN, name, "skipped: no accelerator to pin for", viewed=nbytes(t))
+        return _Ready(self.cast(map_tensors(batch, _to_cpu)))
+
+    def _start_device(self, batch: Any) -> _Transfer:
+        stream = side_stream(self.device)
+        batch, slot = self._stage(batch)
+        return _Transfer(batch, self.device, self.cast, non_blocking=self.non_blocking, stream=stream, slot=slot)
 
     def _stage(self, batch: Any) -> tuple[Any, PinnedSlot | None]:
         """Copy host tensors that are not pinned into a pool slot (one counted copy); others pass."""
