@@ -186,3 +186,17 @@ def test_without_an_accelerator_gathers_use_plain_memory():
     assert pinned_buffer((4, 3), torch.uint8) is None
     buf = allocate_host((4, 3), torch.uint8)
     assert buf.shape == (4, 3) and not is_pool_memory(buf)
+
+
+def test_a_buffer_outlives_its_pool_while_referenced():
+    pool = _pool(1)
+    slot = pool.acquire()
+    x = slot["label"]
+    x.copy_(torch.arange(8))
+    del slot, pool
+    import gc
+
+    gc.collect()
+    assert is_pool_memory(x) and torch.equal(x, torch.arange(8))
+    x.add_(1)  # still mapped and writable
+    assert torch.equal(x, torch.arange(1, 9))

@@ -43,12 +43,12 @@ def check_main_process(what: str) -> None:
 
 def resolve_device(device: torch.device | str | int) -> torch.device:
     """``device`` with an explicit index; raise for an accelerator this build does not have."""
-    dev = torch.device(device) if not isinstance(device, int) else None
     acc = accelerator()
-    if dev is None:  # a bare index means this build's accelerator
+    if isinstance(device, int):  # a bare index means this build's accelerator
         if acc is None:
             raise ValueError(f"device={device!r}: no accelerator is available; use device='cpu'")
         return torch.device(acc.type, device)
+    dev = torch.device(device)
     if dev.type == "cpu":
         return torch.device("cpu")
     if acc is None or acc.type != dev.type:

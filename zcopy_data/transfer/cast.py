@@ -347,6 +347,6 @@ def _top_level(batch: Any) -> list[tuple[str, Any]]:
 
 def _rebuild(batch: Mapping[str, Any], fields: dict[str, Any]) -> Any:
     try:
-        return type(batch)(fields)
+        return type(batch)(fields)  # type: ignore[call-arg]
     except TypeError:
         return fields

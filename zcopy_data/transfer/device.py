@@ -63,7 +63,7 @@ def map_tensors(obj: Any, fn: Callable[[str, torch.Tensor], torch.Tensor], path:
         if type(obj) is dict:
             return items
         try:
-            return type(obj)(items)
+            return type(obj)(items)  # type: ignore[call-arg]
         except TypeError:
             return items
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):

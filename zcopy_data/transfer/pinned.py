@@ -15,6 +15,7 @@ the reuse logic runs, and is tested, everywhere.
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import threading
@@ -58,7 +59,8 @@ def _use_count(t: torch.Tensor) -> int:
 
 
 # -- page-locked blocks ------------------------------------------------------------------------
-_blocks: dict[int, tuple[int, int]] = {}  # id(block) -> [start, end) of live blocks, for is_pool_memory
+_blocks: dict[int, tuple[int, int]] = {}  # key -> [start, end) of live blocks, for is_pool_memory
+_keys = itertools.count()
 _blocks_lock = threading.Lock()
 
 
@@ -68,12 +70,13 @@ class _HostBlock:
     def __init__(self, nbytes: int, *, pin: bool) -> None:
         self.nbytes = _align(max(nbytes, 1), PAGE)
         self.pinned_bytes = 0
-        key = id(self)
+        key = next(_keys)
         if pin and _cuda_like():
             mm = mmap.mmap(-1, self.nbytes)  # page-aligned, pages of its own: no overlap with other registrations
             self.array = np.frombuffer(mm, dtype=np.uint8)
             ptr = self.array.ctypes.data
-            err = int(torch.cuda.cudart().cudaHostRegister(ptr, self.nbytes, 1))  # 1: cudaHostRegisterPortable
+            cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+            err = int(cudart.cudaHostRegister(ptr, self.nbytes, 1))  # 1: cudaHostRegisterPortable
             if err != 0:
                 raise RuntimeError(f"cudaHostRegister of {self.nbytes} bytes failed with cudaError {err}")
             self.pinned_bytes = self.nbytes
@@ -111,7 +114,7 @@ def _forget(key: int) -> None:
 def _unregister(ptr: int, mm: mmap.mmap, key: int) -> None:  # noqa: ARG001 (mm: kept mapped until now)
     _forget(key)
     try:
-        torch.cuda.cudart().cudaHostUnregister(ptr)
+        torch.cuda.cudart().cudaHostUnregister(ptr)  # type: ignore[no-untyped-call]
     except Exception:  # at interpreter exit the driver may be gone already; the pages go anyway
         pass
 
@@ -283,10 +286,10 @@ class PinnedBufferPool:
 
 
 def _specs(fields: Schema | Mapping[str, Spec], batch_size: int | None) -> dict[str, Spec]:
+    out: dict[str, Spec] = {}
     if isinstance(fields, Schema):
         if batch_size is None or batch_size < 1:
             raise ValueError(f"{batch_size=}: a pool built from a schema needs batch_size >= 1")
-        out = {}
         for name, f in fields.items():
             if not f.is_fixed:
                 raise SchemaError(
@@ -294,13 +297,12 @@ def _specs(fields: Schema | Mapping[str, Spec], batch_size: int | None) -> dict[
                     "up front; declare a fixed shape or leave the field out of the pool",
                     field=name,
                 )
-            out[name] = ((batch_size, *f.shape), f.dtype)  # type: ignore[arg-type]
+            out[name] = ((batch_size, *(int(d) for d in f.shape if d is not None)), f.dtype)
         return out
-    out = {}
     for name, spec in fields.items():
         try:
             shape, dtype = spec
-            norm = (tuple(int(d) for d in shape), dtype)
+            norm: Spec = (tuple(int(d) for d in shape), dtype)
         except (TypeError, ValueError):
             raise SchemaError(f"field {name!r}: expected (shape, dtype), found {spec!r}", field=name) from None
         if not isinstance(dtype, torch.dtype) or any(d < 0 for d in norm[0]):
