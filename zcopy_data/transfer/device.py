@@ -248,8 +248,10 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self.loader)
-        start = self._start_cpu if self.device.type == "cpu" else self._start_device
+        on_cpu = self.device.type == "cpu"
+        start = self._start_cpu if on_cpu else self._start_device
         queue: deque[_Transfer | _Ready] = deque()
+        consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
 
         def issue() -> bool:
             try:
@@ -263,9 +265,15 @@ class DevicePrefetcher:
             if not issue():
                 break
         while queue:
-            transfer = queue.popleft()
+            batch = queue.popleft().handoff()
+            if not on_cpu:
+                # The host may run ahead of the device by at most depth + 2 batches: beyond that,
+                # device memory and pinned buffers would pile up behind the consumer's stream.
+                consumed.append(torch.accelerator.current_stream(self.device).record_event())
+                while len(consumed) > self.depth + 1:
+                    consumed.popleft().synchronize()
             issue()
-            yield transfer.handoff()
+            yield batch
 
     def _start_cpu(self, batch: Any) -> _Ready:
         for name, t in leaves(batch):

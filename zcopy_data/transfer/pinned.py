@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from zcopy_data._dtypes import dtype_name
 from zcopy_data.errors import SchemaError, ZeroCopyError
@@ -208,8 +209,8 @@ class PinnedBufferPool:
         if slots < 1:
             raise ValueError(f"{slots=} should be >= 1")
         specs = _specs(fields, batch_size)
-        if pin is None:
-            pin = accelerator() is not None
+        if pin is None:  # never query the accelerator from a worker: it may be a forked child
+            pin = get_worker_info() is None and accelerator() is not None
         if pin:
             check_main_process("pinning memory")
         layout: dict[str, int] = {}
@@ -333,9 +334,8 @@ def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | 
     Buffers are reused once no tensor references them; a non-blocking copy of one holds a
     reference until its event completes (see :func:`~zcopy_data.transfer.to_device`).
     """
-    if not _gather_pinning or accelerator() is None:
-        return None
-    check_main_process("pinning memory")
+    if not _gather_pinning or get_worker_info() is not None or accelerator() is None:
+        return None  # inside a worker the accelerator is never touched
     key = (tuple(shape), dtype)
     reap()
     with _cache_lock:
