@@ -114,12 +114,18 @@ class _Transfer:
             record(STAGE, name, f"from {t.device}", copied=nbytes(t))
             return t.to(device, non_blocking=non_blocking)
 
-        consumer = torch.accelerator.current_stream(device)
-        if any(t.device.type != "cpu" for _, t in leaves(batch)):
-            stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
-        with on_stream(stream):
-            out = cast(map_tensors(batch, copy))
-            self.event = stream.record_event()
+        try:
+            consumer = torch.accelerator.current_stream(device)
+            if any(t.device.type != "cpu" for _, t in leaves(batch)):
+                stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
+            with on_stream(stream):
+                out = cast(map_tensors(batch, copy))
+                self.event = stream.record_event()
+        except BaseException:
+            if slot is not None:  # copies already issued may still read the slot: let them finish first
+                stream.synchronize()
+                slot.release()
+            raise
         hold_until(self.event, host)
         if slot is not None:
             slot.release(self.event)
@@ -312,9 +318,13 @@ class DevicePrefetcher:
             return batch, None  # an odd batch: its copy is synchronous, and the ledger says so
         slot = self.pool.acquire()
         staged: dict[str, torch.Tensor] = {}
-        for n, t in unpinned.items():
-            dst = slot[n][: t.shape[0]]
-            dst.copy_(t)
-            record(PIN, n, "copied into a pinned pool slot", copied=nbytes(t))
-            staged[n] = dst
+        try:
+            for n, t in unpinned.items():
+                dst = slot[n][: t.shape[0]]
+                dst.copy_(t)
+                record(PIN, n, "copied into a pinned pool slot", copied=nbytes(t))
+                staged[n] = dst
+        except BaseException:
+            slot.release()
+            raise
         return map_tensors(batch, lambda n, t: staged.get(n, t)), slot
