@@ -37,5 +37,6 @@ def test_transfer_bench_runs_on_cpu_and_writes_every_figure(tmp_path, capsys):
     assert [c["compute_over_copy"] for c in step["cases"]] == [1.0, 2.0]
     assert all(c["step_ms"] > 0 and c["compute_ms"] > 0 for c in step["cases"])
     assert step["ratio_to_max"] == max(c["ratio_to_max"] for c in step["cases"])
-    assert report["pinned_bytes"]["zcopy_pool_per_batch"] == 0  # nothing is pinned without an accelerator
+    assert report["pinned_bytes"]["image_batch_request"] == 64 * 3 * 8 * 8
+    assert report["pinned_bytes"]["zcopy_pool"] == 0  # nothing is pinned for device="cpu"
     assert set(report["pass"]) == {"h2d", "end_to_end", "step"}
