@@ -17,7 +17,7 @@ from zcopy_data.collate.buffers import allocate_host
 from zcopy_data.ledger import capture
 from zcopy_data.transfer import Cast, DevicePrefetcher, PinnedBufferPool, to_device
 from zcopy_data.transfer._streams import on_stream, side_stream
-from zcopy_data.transfer.pinned import ALIGN, PAGE, is_pool_memory
+from zcopy_data.transfer.pinned import ALIGN, PAGE, is_pinned_gather, is_pool_memory
 
 pytestmark = pytest.mark.cuda
 
@@ -74,15 +74,50 @@ def test_to_device_moves_nested_batches_from_pinned_and_pageable_memory():
 def test_main_process_gathers_land_in_pinned_memory_so_pinning_is_free():
     ds = _dataset()
     batch = next(iter(_loader(ds, 0)))
-    assert batch["image"].is_pinned() and is_pool_memory(batch["image"])
+    assert batch["image"].is_pinned() and is_pinned_gather(batch["image"])
+    assert not is_pool_memory(batch["image"])  # outside a device stage: PyTorch's guarded pinned allocator
     pinned_by_loader = next(iter(_loader(ds, 0, pin_memory=True)))
-    assert is_pool_memory(pinned_by_loader["image"])  # the pin stage handed back the same buffer
+    assert is_pinned_gather(pinned_by_loader["image"])  # the pin stage handed back the same buffer
     ledger = explain(_loader(ds, 0, pin_memory=True), batches=3)
     pins = [r for r in ledger.rows if r.stage == "pin"]
     assert pins and all(r.reason.startswith("free") and r.bytes_copied == 0 for r in pins)
     # With workers the batch is in shared memory: the pin thread copies it, and the ledger says so.
     ledger = explain(_loader(ds, 2, pin_memory=True), batches=3)
     assert ledger.copied("pin") == 3 * 32 * (3 * 8 * 8 + 8)
+
+
+def test_inside_the_prefetcher_gathers_use_exact_buffers_and_nothing_is_staged():
+    pf = DevicePrefetcher(_loader(_dataset(), 0), "cuda")
+    with capture() as records:
+        n = sum(len(b["label"]) for b in pf)
+    assert n == 256 and pf.pool is None
+    pins = [r for r in records if r[0] == "pin"]
+    assert len(pins) == 16 and all(r[2].startswith("free") and r[4] == 0 for r in pins)
+
+    exact = []
+
+    def produce():
+        for k in range(4):
+            x = allocate_host((1000,), torch.int32)
+            exact.append(is_pool_memory(x) and x.is_pinned())
+            yield {"x": x.fill_(k)}
+
+    got = [int(b["x"][0]) for b in DevicePrefetcher(produce(), "cuda")]
+    assert got == [0, 1, 2, 3] and exact == [True] * 4
+
+
+def test_gathers_outside_a_device_stage_survive_a_users_own_non_blocking_copies():
+    n, outs = 1 << 20, []
+    for k in range(32):
+        x = allocate_host((n,), torch.int32)  # PyTorch's pinned allocator: it guards its blocks by events
+        assert x.is_pinned() and not is_pool_memory(x)
+        x.fill_(k)
+        torch.cuda._sleep(SLEEP_CYCLES)  # the copy below starts late
+        outs.append(x.to("cuda", non_blocking=True))
+        del x  # a later gather may get this block back, but only after the copy ran
+    torch.cuda.synchronize()
+    for k, y in enumerate(outs):
+        assert bool((y == k).all()), f"batch {k} was overwritten before its copy ran"
 
 
 def test_pinned_bytes_are_exact_not_rounded_to_a_power_of_two():

@@ -20,6 +20,7 @@ pinned or copied and the same casts run on the CPU: the same batches, on every b
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,7 +34,7 @@ from zcopy_data.ledger import record
 from zcopy_data.schema import Schema
 from zcopy_data.transfer._streams import hold_until, on_stream, resolve_device, side_stream
 from zcopy_data.transfer.cast import CastMap, DeviceCast
-from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot
+from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, exact_gathers
 
 __all__ = ["DevicePrefetcher", "to_device"]
 
@@ -256,12 +257,14 @@ class DevicePrefetcher:
         it = iter(self.loader)
         on_cpu = self.device.type == "cpu"
         start = self._start_cpu if on_cpu else self._start_device
+        gathers = contextlib.nullcontext if on_cpu else exact_gathers
         queue: deque[_Transfer | _Ready] = deque()
         consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
 
         def issue() -> bool:
             try:
-                batch = next(it)
+                with gathers():  # on a device, every batch pulled here is copied by us, under our events
+                    batch = next(it)
             except StopIteration:
                 return False
             queue.append(start(batch))
