@@ -240,3 +240,14 @@ def test_pinning_inside_a_worker_is_refused_before_touching_the_device():
     loader = DataLoader(_PinsInWorker(), batch_size=1, num_workers=1)
     with pytest.raises(RuntimeError, match="main process only"):
         next(iter(loader))
+
+
+def test_pinned_gathers_can_be_turned_off():
+    from zcopy_data.transfer import set_pinned_gathers
+
+    set_pinned_gathers(False)
+    try:
+        assert not allocate_host((16,), torch.uint8).is_pinned()
+    finally:
+        set_pinned_gathers(True)
+    assert allocate_host((16,), torch.uint8).is_pinned()
