@@ -27,6 +27,7 @@ def test_transfer_bench_runs_on_cpu_and_writes_every_figure(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
     assert report["environment"]["device"] == "cpu"
+    assert [k for k in ("h2d", "end_to_end", "step") if "error" in report[k]] == []
     for key in ("plain_copy_gbps", "to_device_gbps", "ratio"):
         assert report["h2d"]["batch"][key] > 0 and report["h2d"]["large"][key] > 0
     e2e = report["end_to_end"]
