@@ -34,6 +34,7 @@ def test_transfer_bench_runs_on_cpu_and_writes_every_figure(tmp_path, capsys):
     assert e2e["samples"] == 300 and e2e["batch_bytes"] == 64 * (3 * 8 * 8 + 8)
     assert e2e["default_samples_per_s"]["workers=0"] > 0 and e2e["zcopy_samples_per_s"]["workers=0"] > 0
     assert e2e["ratio"] == e2e["zcopy_samples_per_s"]["workers=0"] / e2e["default_samples_per_s"]["workers=0"]
+    assert e2e["ratio_vs_best_default"] == e2e["ratio"]  # one worker count only
     step = report["step"]
     assert [c["compute_over_copy"] for c in step["cases"]] == [1.0, 2.0]
     assert all(c["step_ms"] > 0 and c["compute_ms"] > 0 for c in step["cases"])
