@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check
 
 $(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV) bench
@@ -23,3 +23,6 @@ bench: $(VENV)/.bench  ## the full benchmark
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+gpu-check: $(VENV)/.dev  ## on a GPU machine: cuda tests + transfer benchmark, JSON under benchmarks/results
+	PYTHON=$(PY) benchmarks/gpu_check.sh benchmarks/results

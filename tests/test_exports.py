@@ -18,7 +18,13 @@ def test_all_is_sorted_and_importable():
 
 
 def test_subpackage_exports_resolve():
-    for mod in ("zcopy_data.datasets", "zcopy_data.collate", "zcopy_data.errors", "zcopy_data.schema"):
+    for mod in (
+        "zcopy_data.datasets",
+        "zcopy_data.collate",
+        "zcopy_data.errors",
+        "zcopy_data.schema",
+        "zcopy_data.transfer",
+    ):
         m = importlib.import_module(mod)
         for name in m.__all__:
             assert hasattr(m, name), f"{mod}.{name}"
