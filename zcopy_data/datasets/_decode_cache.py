@@ -23,7 +23,7 @@ import pyarrow as pa
 from zcopy_data.datasets._errors import CorruptFileError
 from zcopy_data.ledger import record
 
-__all__ = ["PROGRESS_MIN_BYTES", "decoded_cache", "default_cache_dir"]
+__all__ = ["PROGRESS_MIN_BYTES", "cache_status", "check_parquet_footer", "decoded_cache", "default_cache_dir"]
 
 PROGRESS_MIN_BYTES = 256 << 20
 """Sources at least this large show a progress bar while they are decoded."""
@@ -49,7 +49,7 @@ def _paths(source: str, cache_dir: Path, columns: Sequence[str] | None, kind: st
     return cache_dir / f"{stem}.{key}.arrow", cache_dir / f"{stem}.{key}.json"
 
 
-def _check_parquet(source: str, pf: Any) -> None:
+def check_parquet_footer(source: str, pf: Any) -> None:
     """Every column chunk the footer declares must lie inside the file (untrusted metadata)."""
     size = os.path.getsize(source)
     meta = pf.metadata
@@ -80,7 +80,7 @@ def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Sch
         pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as err:
         raise CorruptFileError(f"{source!r}: not a readable Parquet file ({err}); write it again") from None
-    _check_parquet(source, pf)
+    check_parquet_footer(source, pf)
     schema = pf.schema_arrow
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
@@ -182,3 +182,22 @@ def decoded_cache(
     for name, n in decoded.items():
         record("decode", name, f"{what} decoded once into the IPC cache {data_path.name}", copied=n)
     return str(data_path), False
+
+
+def cache_status(
+    source: str | os.PathLike[str],
+    *,
+    kind: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> tuple[str, bool]:
+    """Where the cache of ``source`` lives and whether it is fresh (built and the source unchanged)."""
+    source = os.fspath(source)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    data_path, meta_path = _paths(source, folder, columns, kind)
+    try:
+        meta = json.loads(meta_path.read_text())
+        fresh = meta.get("stamp") == _stamp(source) and data_path.stat().st_size == meta.get("cache_size")
+    except (OSError, ValueError):
+        fresh = False
+    return str(data_path), fresh
