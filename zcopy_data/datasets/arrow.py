@@ -33,6 +33,7 @@ from zcopy_data.schema import Field, Schema
 __all__ = ["ArrowDataset", "default_cache_dir", "open_ipc"]
 
 STAGE = "collate"
+_SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 _MAGIC = {
     b"PAR1": "a Parquet file; use ArrowDataset.from_parquet(path)",
     b"FEA1": "a Feather v1 file; rewrite it as Feather v2 (pyarrow.feather.write_feather(table, path, version=2))",
@@ -312,7 +313,11 @@ class ArrowDataset(ZeroCopyDataset):
         for name, (src, first, step) in self._gather_sources().items():
             rows = local * step + (first[0] if chunk is None else first[chunk])
             buf = allocate((indices.size, *src.shape[1:]), src.dtype)
-            torch.index_select(src, 0, torch.from_numpy(rows), out=buf)
+            bits = _SAME_BITS.get(src.dtype)  # index_select lacks the wide unsigned types: move the same bits
+            if bits is None:
+                torch.index_select(src, 0, torch.from_numpy(rows), out=buf)
+            else:
+                torch.index_select(src.view(bits), 0, torch.from_numpy(rows), out=buf.view(bits))
             record(STAGE, name, f"{reason} ({self.origin})", copied=nbytes(buf))
             out[name] = buf
         return out
