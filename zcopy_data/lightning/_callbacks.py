@@ -11,9 +11,10 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch.utils.data import Dataset
 
 from zcopy_data.ledger import LEDGER
-from zcopy_data.lightning._checks import as_schema, cast_targets, check_configuration, resolve_input_schema
+from zcopy_data.lightning._checks import as_schema, check_configuration, device_cast, resolve_input_schema
 from zcopy_data.lightning._datamodule import ZeroCopyDataModule
 from zcopy_data.schema import Schema
+from zcopy_data.transfer.cast import CastMap, DeviceCast
 
 __all__ = ["LedgerLogger", "ZeroCopyChecks"]
 
@@ -53,10 +54,9 @@ class ZeroCopyChecks(pl.Callback):
     """
 
     def __init__(
-        self, *, cast: Mapping[str, Any] | None = None, input_schema: Schema | Mapping[str, Any] | None = None
+        self, *, cast: CastMap | DeviceCast | None = None, input_schema: Schema | Mapping[str, Any] | None = None
     ) -> None:
-        cast_targets(cast)
-        self.cast = dict(cast) if cast else None
+        self.cast = device_cast(cast) if cast is not None else None
         self.input_schema = as_schema(input_schema, "input_schema argument")
         self._checked: set[tuple[str, int]] = set()
 

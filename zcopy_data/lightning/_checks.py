@@ -3,7 +3,8 @@
 Three parties describe the same fields and must agree:
 
 * each dataset's :class:`~zcopy_data.Schema` (what the host hands over, never cast);
-* the device cast map (``field -> dtype``), the one stage allowed to change a dtype;
+* the device cast map (``field -> dtype`` or :class:`~zcopy_data.transfer.Cast`), the one stage
+  allowed to change a dtype;
 * the model's declared input schema (what ``training_step`` receives, after the casts): the
   ``input_schema`` attribute of the ``LightningModule``, or the ``input_schema`` argument.
 
@@ -17,21 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from zcopy_data._dtypes import dtype_name, to_torch_dtype
+from zcopy_data._dtypes import dtype_name
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import SchemaError
-from zcopy_data.schema import Field, Schema
+from zcopy_data.schema import Schema
+from zcopy_data.transfer.cast import CastMap, DeviceCast
 
 __all__ = [
     "INPUT_SCHEMA_ATTR",
-    "cast_targets",
     "check_configuration",
     "dataset_schema",
+    "device_cast",
     "resolve_input_schema",
-    "schema_after_cast",
 ]
 
 INPUT_SCHEMA_ATTR = "input_schema"
@@ -51,27 +51,9 @@ def as_schema(value: Schema | Mapping[str, Any] | None, what: str) -> Schema | N
     )
 
 
-def cast_targets(cast: Mapping[str, Any] | None) -> dict[str, torch.dtype]:
-    """The dtype each field of a cast map becomes on the device.
-
-    A value may be a dtype (``torch.float16``, ``"float16"``, a NumPy dtype), or an object or
-    mapping carrying one as ``dtype`` (a cast with normalisation).
-    """
-    if cast is None:
-        return {}
-    if not isinstance(cast, Mapping):
-        raise SchemaError(f"cast: expected a mapping of field name -> dtype, found {type(cast).__name__}")
-    out: dict[str, torch.dtype] = {}
-    for name, spec in cast.items():
-        target = spec.get("dtype") if isinstance(spec, Mapping) else getattr(spec, "dtype", spec)
-        try:
-            out[str(name)] = to_torch_dtype(target)
-        except TypeError:
-            raise SchemaError(
-                f"cast map field {name!r}: {spec!r} is not a dtype; write cast={{{name!r}: torch.float32}}",
-                field=str(name),
-            ) from None
-    return out
+def device_cast(cast: CastMap | DeviceCast | None) -> DeviceCast:
+    """The cast map as a :class:`~zcopy_data.transfer.DeviceCast` (its form is checked here)."""
+    return cast if isinstance(cast, DeviceCast) else DeviceCast(cast)
 
 
 def dataset_schema(dataset: Dataset[Any] | None) -> Schema | None:
@@ -97,11 +79,6 @@ def dataset_schema(dataset: Dataset[Any] | None) -> Schema | None:
         return None
 
 
-def schema_after_cast(schema: Schema, cast: Mapping[str, torch.dtype]) -> Schema:
-    """The schema a batch has on the device, after the cast map ran."""
-    return Schema({name: Field(cast.get(name, f.dtype), f.shape) for name, f in schema.items()})
-
-
 def resolve_input_schema(declared: Schema | Mapping[str, Any] | None, model: object | None) -> Schema | None:
     """The model's input schema: its ``input_schema`` attribute and/or the data module's argument.
 
@@ -119,8 +96,8 @@ def resolve_input_schema(declared: Schema | Mapping[str, Any] | None, model: obj
     return theirs if theirs is not None else ours
 
 
-def _describe_cast(cast: Mapping[str, torch.dtype], schema: Schema) -> str:
-    parts = [f"{n}: {dtype_name(schema[n].dtype)}->{dtype_name(d)}" for n, d in cast.items() if n in schema]
+def _describe_cast(cast: DeviceCast, schema: Schema) -> str:
+    parts = [f"{n}: {dtype_name(schema[n].dtype)}->{c}" for n, c in cast.items() if n in schema]
     return f" after the device cast ({', '.join(parts)})" if parts else ""
 
 
@@ -128,19 +105,20 @@ def check_configuration(
     datasets: Mapping[str, Dataset[Any] | None],
     *,
     input_schema: Schema | None = None,
-    cast: Mapping[str, Any] | None = None,
+    cast: CastMap | DeviceCast | None = None,
 ) -> dict[str, Schema]:
     """Raise unless every dataset, the cast map and the model's input schema agree.
 
     Args:
         datasets: split name (``"train"``, ``"val"``, ``"test"``, ``"predict"``) -> dataset.
         input_schema: what the model expects after the device casts, if declared.
-        cast: the device cast map, ``field -> dtype``.
+        cast: the device cast map, ``field -> dtype`` or :class:`~zcopy_data.transfer.Cast`.
 
     Returns:
         The device-side schema of each dataset whose schema is known.
 
-    The rules: every field of the cast map exists in every dataset; each dataset's schema after
+    The rules: every field of the cast map exists in every dataset and can be converted as asked
+    (:meth:`DeviceCast.check <zcopy_data.transfer.DeviceCast.check>`); each dataset's schema after
     the casts gives every field the model declares, with its dtype and shape (a ``predict``
     dataset may lack fields, such as labels, but the fields it has must match); without a
     declared model schema, ``val`` and ``test`` must give what ``train`` gives.
@@ -153,21 +131,17 @@ def check_configuration(
     Traceback (most recent call last):
     zcopy_data.errors.DtypeDriftError: field 'x': the train dataset gives uint8[2], the model's input_schema ...
     """
-    targets = cast_targets(cast)
+    caster = device_cast(cast)
     device_side: dict[str, Schema] = {}
     for split, ds in datasets.items():
         host = dataset_schema(ds)
         if host is None:
             continue
-        for name in targets:
-            if name not in host:
-                raise SchemaError(
-                    f"cast map field {name!r}: the {split} dataset has no such field (it has {list(host)}); "
-                    "remove it from cast= or rename it to a dataset field",
-                    field=name,
-                )
-        schema = schema_after_cast(host, targets)
-        label = f"{split} dataset{_describe_cast(targets, host)}"
+        try:
+            schema = caster.output_schema(host)
+        except SchemaError as err:
+            raise type(err)(f"{split} dataset: {err}", field=err.field, index=err.index) from None
+        label = f"{split} dataset{_describe_cast(caster, host)}"
         if input_schema is not None:
             need = input_schema
             if split == "predict":

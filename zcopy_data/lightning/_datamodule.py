@@ -10,10 +10,12 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from zcopy_data.collate import zero_copy_collate
-from zcopy_data.lightning._checks import SPLITS, as_schema, cast_targets, check_configuration, resolve_input_schema
+from zcopy_data.lightning._checks import SPLITS, as_schema, check_configuration, device_cast, resolve_input_schema
 from zcopy_data.lightning._hooks import ZeroCopyTransfer
 from zcopy_data.lightning._loaders import SHUFFLE_MODES, RecordingCollate, ShardedLoader
+from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.schema import Schema
+from zcopy_data.transfer.cast import CastMap, DeviceCast
 
 __all__ = ["ZeroCopyDataModule"]
 
@@ -48,8 +50,9 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             Evaluation loaders are always sequential.
         seed: seed of the ``"block"`` order (default: the ``seed_everything`` seed, else 0).
         drop_last: drop the last incomplete training batch.
-        cast: device cast map ``field -> dtype`` (``{"image": torch.float16}``), applied in
-            ``on_after_batch_transfer``.
+        cast: device cast map, ``field -> dtype`` or :class:`~zcopy_data.transfer.Cast`
+            (``{"image": Cast(torch.float16, scale=1 / 255)}``), applied in
+            ``on_after_batch_transfer``: the only place a dtype changes.
         input_schema: what the model expects after the casts, if the model does not declare
             ``input_schema`` itself.
         pin_memory, persistent_workers, prefetch_factor, multiprocessing_context: passed to
@@ -79,7 +82,7 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
         shuffle: str = "shuffle",
         seed: int | None = None,
         drop_last: bool = False,
-        cast: Mapping[str, Any] | None = None,
+        cast: CastMap | DeviceCast | None = None,
         input_schema: Schema | Mapping[str, Any] | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -103,8 +106,7 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        cast_targets(cast)  # a malformed map fails here, at construction
-        self.cast = dict(cast) if cast else None
+        self.cast = device_cast(cast) if cast else None  # a malformed map fails here, at construction
         self.input_schema = as_schema(input_schema, "input_schema argument")
         self.loader_kwargs: dict[str, Any] = {
             "pin_memory": pin_memory,
@@ -154,11 +156,9 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             return self._loader(
                 ds, batch_size=self.batch_size, shuffle=self.shuffle == "shuffle", drop_last=self.drop_last
             )
-        from zcopy_data.samplers import BlockShuffleSampler
-
         trainer = self.trainer
         sampler = BlockShuffleSampler(
-            ds,
+            len(ds),  # type: ignore[arg-type]
             self.batch_size,
             shuffle=True,
             seed=self._block_seed(),

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from zcopy_data.ledger import Record, capture
+from zcopy_data.lightning._checks import device_cast
 from zcopy_data.lightning._loaders import LedgerBatch, unwrap_ledger_batch
-from zcopy_data.lightning._transfer import apply_cast, move_to_device
+from zcopy_data.transfer import DeviceCast, to_device
 
 __all__ = ["ZeroCopyTransfer"]
 
@@ -41,19 +42,28 @@ def _model_hook(owner: object, name: str) -> Any:
 class ZeroCopyTransfer:
     """Mixin giving a ``LightningDataModule`` the zero-copy device hop and device-side casts.
 
-    Put it first among the bases; set ``cast`` (``field -> dtype``) to cast on the device.
+    Put it first among the bases; set ``cast`` (``field -> dtype`` or
+    :class:`~zcopy_data.transfer.Cast`) to cast on the device.
 
     >>> import lightning.pytorch as pl  # doctest: +SKIP
     >>> class MyData(ZeroCopyTransfer, pl.LightningDataModule):  # doctest: +SKIP
     ...     cast = {"image": torch.float16}
     """
 
-    cast: Mapping[str, Any] | None = None
+    cast: Mapping[str, Any] | DeviceCast | None = None
     last_batch_ledger: tuple[int, int] | None = None
     """``(bytes viewed, bytes copied)`` of the latest batch, from its assembly to its cast.
 
     Known when batches carry their ledger records (``ZeroCopyDataModule`` with a
     :class:`LedgerLogger`); ``None`` otherwise."""
+
+    def _device_cast(self) -> DeviceCast:
+        """``cast`` validated once (again only if the attribute is replaced)."""
+        cached = self.__dict__.get("_zc_device_cast")
+        if cached is None or cached[0] is not self.cast:
+            cached = (self.cast, device_cast(self.cast))
+            self.__dict__["_zc_device_cast"] = cached
+        return cached[1]
 
     def _tally(self, records: list[Record] | tuple[Record, ...], *, first: bool = False) -> None:
         viewed = sum(r[3] for r in records)
@@ -75,14 +85,14 @@ class ZeroCopyTransfer:
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:  # noqa: ARG002
         with capture() as records:
-            batch = move_to_device(batch, device)
+            batch = to_device(batch, device, non_blocking=True)
         self._tally(records)
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.cast:
             with capture() as records:
-                batch = apply_cast(batch, self.cast)
+                batch = self._device_cast()(batch)
             self._tally(records)
         hook = _model_hook(self, "on_after_batch_transfer")
         return batch if hook is None else hook(batch, dataloader_idx)
