@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from zcopy_data import (
     zero_copy_collate,
 )
 from zcopy_data.lightning import LedgerLogger, ZeroCopyChecks, ZeroCopyDataModule, ZeroCopyTransfer
+from zcopy_data.transfer import Cast
 
 pytestmark = [
     # Lightning's advice for real runs, not defects of a few-step CPU test run.
@@ -447,3 +450,59 @@ def test_ledger_logger_logs_exact_bytes_per_batch(tmp_path: Path, shuffle: str, 
     viewed = B * (4 + 8) if shuffle == "sequential" else 0
     assert all(float(r["zcopy/bytes_viewed_per_batch"]) >= viewed for r in rows)
     assert all(float(r["zcopy/samples_per_sec"]) > 0 for r in rows)
+
+
+def test_block_mode_loader_gets_lightnings_worker_seeding() -> None:
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    pl.seed_everything(5, workers=True, verbose=False)
+    try:
+        dm = ZeroCopyDataModule(
+            NumpyDataset(columns()), batch_size=B, shuffle="block", num_workers=1, cast={"x": "float32"}
+        )
+        t = trainer(max_epochs=1)
+        t.fit(Net(), dm)
+        init = t.train_dataloader.loader.worker_init_fn
+        assert init.func is pl_worker_init_function and init.keywords == {"rank": 0}
+    finally:
+        os.environ.pop("PL_SEED_WORKERS", None)
+
+
+def test_datamodule_pickles_for_ddp_spawn() -> None:
+    dm = ZeroCopyDataModule(
+        NumpyDataset(columns()), batch_size=B, shuffle="block", cast={"x": Cast(torch.float16, scale=2)}
+    )
+    clone = pickle.loads(pickle.dumps(dm))
+    assert clone.val_dataloader is None and clone.shuffle == "block"
+    batch = next(iter(clone.train_dataloader()))
+    assert torch.equal(clone.on_after_batch_transfer(batch, 0)["x"], batch["x"].to(torch.float16) * 2)
+
+
+def test_ledger_logger_with_an_existing_datamodule_uses_the_process_ledger(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = trainer(
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        callbacks=[LedgerLogger()],
+    )
+    t.fit(Net(), Existing(columns()))
+    # sequential views copy nothing; what each batch costs is its float32 cast of x
+    assert [float(r["zcopy/bytes_copied_per_batch"]) for r in logged(tmp_path)] == [B * 4 * 4] * (N // B)
+
+
+@pytest.mark.cuda
+def test_fit_on_cuda_gives_the_cpu_batches_cast_on_the_device() -> None:
+    ds = NumpyDataset(columns())
+    runs = {}
+    for accelerator in ("cpu", "gpu"):
+        pl.seed_everything(0, verbose=False)
+        model = Net()
+        dm = ZeroCopyDataModule(ds, batch_size=B, shuffle="shuffle", cast={"x": torch.float32})
+        trainer(accelerator=accelerator, max_epochs=1).fit(model, dm)
+        runs[accelerator] = model
+    for a, b in zip(runs["gpu"].seen["train"], runs["cpu"].seen["train"], strict=True):
+        assert a["x"].device.type == "cuda" and a["x"].dtype == torch.float32
+        assert torch.equal(a["x"].cpu(), b["x"]) and torch.equal(a["y"].cpu(), b["y"])

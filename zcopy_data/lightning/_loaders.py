@@ -81,6 +81,15 @@ class ShardedLoader:
     def num_workers(self) -> int:
         return self.loader.num_workers
 
+    @property
+    def worker_init_fn(self) -> Callable[[int], None] | None:
+        """The wrapped loader's; Lightning sets it under ``seed_everything(workers=True)``."""
+        return self.loader.worker_init_fn
+
+    @worker_init_fn.setter
+    def worker_init_fn(self, fn: Callable[[int], None] | None) -> None:
+        self.loader.worker_init_fn = fn
+
     def set_epoch(self, epoch: int) -> None:
         """Pick the epoch whose order the next iteration yields (for loops outside Lightning)."""
         self.sampler.set_epoch(epoch)
