@@ -124,7 +124,7 @@ def check_configuration(
     declared model schema, ``val`` and ``test`` must give what ``train`` gives.
 
     >>> import numpy as np, torch
-    >>> from zcopy_data import NumpyDataset
+    >>> from zcopy_data import Field, NumpyDataset
     >>> ds = NumpyDataset({"x": np.zeros((4, 2), np.uint8)})
     >>> check_configuration({"train": ds}, input_schema=Schema({"x": Field(torch.float32, (2,))}))
     ... # doctest: +ELLIPSIS

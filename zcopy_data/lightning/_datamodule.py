@@ -117,10 +117,12 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             self.loader_kwargs["prefetch_factor"] = prefetch_factor
         self.record_ledger = False
         """Set by :class:`LedgerLogger`: batches carry their workers' ledger records."""
-        # Lightning offers only the loaders a data module overrides; hide the missing splits.
+        # Lightning runs only the loops whose loader hook a data module overrides: hide the
+        # hooks of splits left out (unless a subclass defines its own).
         for split, ds in self.datasets.items():
-            if ds is None:
-                setattr(self, f"{split}_dataloader", None)
+            hook = f"{split}_dataloader"
+            if ds is None and getattr(type(self), hook) is getattr(ZeroCopyDataModule, hook):
+                setattr(self, hook, None)
 
     # -- configuration checks ------------------------------------------------------------
     def setup(self, stage: str) -> None:
