@@ -81,6 +81,7 @@ class TinyNet(pl.LightningModule):
                 "rank": self.global_rank,
                 "world_size": self.trainer.world_size,
                 "epoch": self.current_epoch,
+                "loader": type(loader).__name__,
                 "sampler": type(getattr(loader, "sampler", None)).__name__,
                 "indices": self.seen,
             }
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device-prefetch", type=int, default=0, help="batches copied to the accelerator ahead")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "zcopy-ddp-example"))
     parser.add_argument("--out", default=None, help="write the indices each rank saw here")
     args = parser.parse_args(argv)
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         num_workers=args.workers,
         shuffle=args.shuffle,
         cast={"image": torch.float32},
+        device_prefetch=args.device_prefetch,
     )
     trainer = pl.Trainer(
         accelerator="cpu",

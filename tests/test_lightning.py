@@ -26,7 +26,13 @@ from zcopy_data import (
     explain,
     zero_copy_collate,
 )
-from zcopy_data.lightning import LedgerLogger, ZeroCopyChecks, ZeroCopyDataModule, ZeroCopyTransfer
+from zcopy_data.lightning import (
+    DevicePrefetchingLoader,
+    LedgerLogger,
+    ZeroCopyChecks,
+    ZeroCopyDataModule,
+    ZeroCopyTransfer,
+)
 from zcopy_data.transfer import Cast
 
 pytestmark = [
@@ -493,16 +499,44 @@ def test_ledger_logger_with_an_existing_datamodule_uses_the_process_ledger(tmp_p
     assert [float(r["zcopy/bytes_copied_per_batch"]) for r in logged(tmp_path)] == [B * 4 * 4] * (N // B)
 
 
+def test_device_prefetch_loaders_survive_lightnings_reinstantiation() -> None:
+    ds = NumpyDataset(columns())
+    runs = {}
+    for depth in (0, 2):
+        pl.seed_everything(0, verbose=False)
+        model = Net()
+        dm = ZeroCopyDataModule(ds, ds, predict_dataset=ds, batch_size=B, cast={"x": "float32"}, device_prefetch=depth)
+        t = trainer(max_epochs=1)
+        t.fit(model, dm)
+        t.predict(model, dm)
+        runs[depth] = (model, t)
+    (plain, _), (prefetched, t) = runs[0], runs[2]
+    # Lightning re-created the predict loader (to track indices): still ours, extra arguments kept
+    loader = t.predict_dataloaders
+    assert isinstance(loader, DevicePrefetchingLoader)
+    assert loader.depth == 2 and loader.device == torch.device("cpu")
+    assert type(loader.batch_sampler).__name__ == "_IndexBatchSamplerWrapper"
+    for split in ("train", "val", "predict"):
+        for a, b in zip(prefetched.seen[split], plain.seen[split], strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.cuda
-def test_fit_on_cuda_gives_the_cpu_batches_cast_on_the_device() -> None:
+@pytest.mark.parametrize("device_prefetch", [0, 2])
+def test_fit_on_cuda_gives_the_cpu_batches_cast_on_the_device(device_prefetch: int) -> None:
     ds = NumpyDataset(columns())
     runs = {}
     for accelerator in ("cpu", "gpu"):
         pl.seed_everything(0, verbose=False)
         model = Net()
-        dm = ZeroCopyDataModule(ds, batch_size=B, shuffle="shuffle", cast={"x": torch.float32})
-        trainer(accelerator=accelerator, max_epochs=1).fit(model, dm)
+        dm = ZeroCopyDataModule(
+            ds, ds, batch_size=B, shuffle="shuffle", cast={"x": torch.float32}, device_prefetch=device_prefetch
+        )
+        trainer(accelerator=accelerator, max_epochs=2).fit(model, dm)
         runs[accelerator] = model
-    for a, b in zip(runs["gpu"].seen["train"], runs["cpu"].seen["train"], strict=True):
-        assert a["x"].device.type == "cuda" and a["x"].dtype == torch.float32
-        assert torch.equal(a["x"].cpu(), b["x"]) and torch.equal(a["y"].cpu(), b["y"])
+    for split in ("train", "val"):
+        gpu, cpu = runs["gpu"].seen[split], runs["cpu"].seen[split]
+        assert len(gpu) == len(cpu) > 0
+        for a, b in zip(gpu, cpu, strict=True):
+            assert a["x"].device.type == "cuda" and a["x"].dtype == torch.float32
+            assert torch.equal(a["x"].cpu(), b["x"]) and torch.equal(a["y"].cpu(), b["y"])

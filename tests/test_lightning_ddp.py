@@ -2,7 +2,8 @@
 
 Both runs use ``examples/lightning_ddp.py``: each rank writes the sample indices it trained on,
 per epoch, and the test checks their union. One run lets Lightning start the second process
-(``strategy="ddp", devices=2``: its ``DistributedSampler`` is injected into our loader); the other
+(``strategy="ddp", devices=2``: its ``DistributedSampler`` is injected into our loader, a
+``DataLoader`` subclass it re-creates); the other
 starts two single-process "nodes" itself with ``NODE_RANK`` / ``MASTER_ADDR``, as on a cluster,
 with the rank-aware block sampler that Lightning must leave alone.
 """
@@ -82,7 +83,7 @@ def assert_each_sample_once_per_epoch(seen: dict[tuple[int, int], dict[str, Any]
 def test_ddp_two_processes_with_lightnings_distributed_sampler(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     done = subprocess.run(
-        command(tmp_path, "--devices", "2", "--shuffle", "shuffle"),
+        command(tmp_path, "--devices", "2", "--shuffle", "shuffle", "--device-prefetch", "2"),
         cwd=REPO,
         env=environment(),
         capture_output=True,
@@ -91,7 +92,8 @@ def test_ddp_two_processes_with_lightnings_distributed_sampler(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seen = records(tmp_path / "out", 2)
-    assert {r["sampler"] for r in seen.values()} == {"DistributedSampler"}
+    # Lightning re-created our DataLoader subclass around its DistributedSampler
+    assert {(r["loader"], r["sampler"]) for r in seen.values()} == {("DevicePrefetchingLoader", "DistributedSampler")}
     assert_each_sample_once_per_epoch(seen, 2)
 
 
@@ -118,5 +120,5 @@ def test_two_nodes_started_externally_with_the_block_sampler(tmp_path: Path) -> 
     for node, output in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, output[-3000:]
     seen = records(tmp_path / "out", 2)
-    assert {r["sampler"] for r in seen.values()} == {"BlockShuffleSampler"}
+    assert {(r["loader"], r["sampler"]) for r in seen.values()} == {("ShardedLoader", "BlockShuffleSampler")}
     assert_each_sample_once_per_epoch(seen, 2)

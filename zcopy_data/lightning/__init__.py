@@ -17,6 +17,9 @@ Swap a ``LightningDataModule`` for :class:`ZeroCopyDataModule`::
                             cast={"image": torch.float32})
     pl.Trainer(callbacks=[LedgerLogger()]).fit(Net(), dm)
 
+``device_prefetch=2`` copies batches to the accelerator two ahead of the step, on a side stream,
+so the copies overlap the model's compute (Lightning alone copies each batch just before its step).
+
 Keep an existing data module and give it the same hop and checks instead: put
 :class:`ZeroCopyTransfer` first among its bases (``class MyData(ZeroCopyTransfer,
 pl.LightningDataModule)``, with ``cast = {...}``), use ``collate_fn=zero_copy_collate`` in its
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from zcopy_data.lightning._checks import INPUT_SCHEMA_ATTR, check_configuration
 from zcopy_data.lightning._hooks import ZeroCopyTransfer
-from zcopy_data.lightning._loaders import SHUFFLE_MODES, ShardedLoader
+from zcopy_data.lightning._loaders import SHUFFLE_MODES, DevicePrefetchingLoader, ShardedLoader
 
 if TYPE_CHECKING:
     from zcopy_data.lightning._callbacks import LedgerLogger, ZeroCopyChecks
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUT_SCHEMA_ATTR",
     "SHUFFLE_MODES",
+    "DevicePrefetchingLoader",
     "LedgerLogger",
     "ShardedLoader",
     "ZeroCopyChecks",

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.lightning._checks import SPLITS, as_schema, check_configuration, device_cast, resolve_input_schema
 from zcopy_data.lightning._hooks import ZeroCopyTransfer
-from zcopy_data.lightning._loaders import SHUFFLE_MODES, RecordingCollate, ShardedLoader
+from zcopy_data.lightning._loaders import SHUFFLE_MODES, DevicePrefetchingLoader, RecordingCollate, ShardedLoader
 from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.schema import Schema
 from zcopy_data.transfer.cast import CastMap, DeviceCast
@@ -55,6 +55,10 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             ``on_after_batch_transfer``: the only place a dtype changes.
         input_schema: what the model expects after the casts, if the model does not declare
             ``input_schema`` itself.
+        device_prefetch: when > 0 and the trainer runs on an accelerator, every loader copies
+            its batches to the device this many batches ahead, on a side stream, overlapping
+            the copies with the model's compute (Lightning itself copies each batch just before
+            its step). 0 (default): ``transfer_batch_to_device`` copies each batch.
         pin_memory, persistent_workers, prefetch_factor, multiprocessing_context: passed to
             every ``DataLoader``.
 
@@ -88,13 +92,15 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         multiprocessing_context: Any = None,
+        device_prefetch: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} should be a positive integer")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"{num_workers=} should be an integer >= 0")
+        for name, value in (("num_workers", num_workers), ("device_prefetch", device_prefetch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} should be an integer >= 0")
         if shuffle not in SHUFFLE_MODES:
             raise ValueError(f"{shuffle=} should be one of {SHUFFLE_MODES}")
         self.datasets: dict[str, Dataset[Any] | None] = dict(
@@ -106,6 +112,7 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.device_prefetch = device_prefetch
         self.cast = device_cast(cast) if cast else None  # a malformed map fails here, at construction
         self.input_schema = as_schema(input_schema, "input_schema argument")
         self.loader_kwargs: dict[str, Any] = {
@@ -139,6 +146,18 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
     # -- loaders -------------------------------------------------------------------------
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         collate = RecordingCollate(zero_copy_collate) if self.record_ledger else zero_copy_collate
+        if self.device_prefetch:
+            trainer = self.trainer
+            device = trainer.strategy.root_device if trainer is not None else None
+            return DevicePrefetchingLoader(
+                dataset,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                device=device,
+                depth=self.device_prefetch,
+                **self.loader_kwargs,
+                **kwargs,
+            )
         return DataLoader(dataset, num_workers=self.num_workers, collate_fn=collate, **self.loader_kwargs, **kwargs)
 
     def _dataset(self, split: str) -> Dataset[Any]:

@@ -8,6 +8,10 @@
   :class:`ShardedLoader`. The wrapper is deliberately not a ``DataLoader``: Lightning then leaves
   it alone instead of injecting a ``DistributedSampler`` into a sampler that already shards, and
   it still finds ``.sampler.set_epoch`` and calls it every epoch.
+
+With ``device_prefetch=N`` the loaders are :class:`DevicePrefetchingLoader`: still a
+``DataLoader`` (Lightning re-creates it with its samplers, keeping the extra arguments), whose
+batches are already on the accelerator, copied ``N`` batches ahead while the model computes.
 """
 
 from __future__ import annotations
@@ -15,12 +19,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from zcopy_data.explain import _record_crossing
 from zcopy_data.ledger import LEDGER, Record, capture
+from zcopy_data.transfer import DevicePrefetcher
 
-__all__ = ["SHUFFLE_MODES", "LedgerBatch", "RecordingCollate", "ShardedLoader", "unwrap_ledger_batch"]
+__all__ = [
+    "SHUFFLE_MODES",
+    "DevicePrefetchingLoader",
+    "LedgerBatch",
+    "RecordingCollate",
+    "ShardedLoader",
+    "unwrap_ledger_batch",
+]
 
 SHUFFLE_MODES = ("sequential", "shuffle", "block")
 
@@ -102,3 +115,43 @@ class ShardedLoader:
 
     def __repr__(self) -> str:
         return f"ShardedLoader({self.sampler!r}, num_workers={self.loader.num_workers})"
+
+
+class _HostBatches:
+    """The plain ``DataLoader`` iteration of a :class:`DevicePrefetchingLoader` (host batches)."""
+
+    def __init__(self, loader: DataLoader[Any]) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return DataLoader.__iter__(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class DevicePrefetchingLoader(DataLoader):  # type: ignore[type-arg]
+    """A ``DataLoader`` whose iteration yields batches already on ``device``, ``depth`` ahead.
+
+    The copies are :class:`~zcopy_data.transfer.DevicePrefetcher`'s: one persistent side
+    stream, pinned staging, events, ``record_stream``. With ``device`` ``None`` or the CPU it
+    iterates like its base class. Casts stay in ``on_after_batch_transfer``.
+
+    Args:
+        device: the accelerator (keyword only, like ``depth``); every other argument is the
+            ``DataLoader``'s.
+        depth: batches in flight ahead of the one the model is using.
+    """
+
+    def __init__(self, *args: Any, device: torch.device | str | None = None, depth: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.device = None if device is None else torch.device(device)
+        self.depth = depth
+        self._prefetcher: DevicePrefetcher | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.device is None or self.device.type == "cpu":
+            return super().__iter__()
+        if self._prefetcher is None:  # one per loader: its pinned pool is reused every epoch
+            self._prefetcher = DevicePrefetcher(_HostBatches(self), self.device, depth=self.depth, schema=None)
+        return iter(self._prefetcher)
