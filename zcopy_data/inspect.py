@@ -178,8 +178,11 @@ def _inspect_parquet(path: str, cache_dir: str | None) -> SourceReport:
         else:
             why = "Parquet is encoded: decoded once into an IPC cache (from_parquet), then views / one gather"
             fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
-    cache, fresh = cache_status(path, kind="parquet", cache_dir=cache_dir)
-    note = f"IPC cache of all columns: {cache} ({'fresh, reused' if fresh else 'not built yet'})"
+    usable = [f.name for f in fields if f.why.startswith("Parquet is encoded")]
+    cols = None if len(usable) == len(fields) else usable
+    cache, fresh = cache_status(path, kind="parquet", cache_dir=cache_dir, columns=cols)
+    call = "ArrowDataset.from_parquet(path" + ("" if cols is None else f", columns={cols}") + ")"
+    note = f"{call} caches in {cache} ({'fresh, reused' if fresh else 'not built yet'})"
     fmt = f"Parquet ({meta.num_row_groups} row groups)"
     return SourceReport(path, fmt, meta.num_rows, fields, [note])
 

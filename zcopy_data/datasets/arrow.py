@@ -111,6 +111,12 @@ def _check_byte_order(path: str, mapped: np.ndarray[Any, Any], batches: list[pa.
         )
 
 
+def _check_types(schema: pa.Schema) -> None:
+    """Refuse a column whose type can never be zero-copy before spending a decode on it."""
+    for f in schema:
+        column_spec(f.name, f.type)
+
+
 def _chunks(
     spec: ColumnSpec, numbered: list[tuple[int, pa.RecordBatch]], mapped: np.ndarray[Any, Any], starts: Any
 ) -> tuple[list[np.ndarray[Any, Any]], tuple[int, ...]]:
@@ -183,7 +189,9 @@ class ArrowDataset(ZeroCopyDataset):
         are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
         or off) and is counted once in the ledger (stage ``decode``).
         """
-        cache, reused = decoded_cache(path, kind="parquet", cache_dir=cache_dir, columns=columns, progress=progress)
+        cache, reused = decoded_cache(
+            path, kind="parquet", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+        )
         ds = cls(cache, columns, copy=copy)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a Parquet file"
         return ds
@@ -199,7 +207,9 @@ class ArrowDataset(ZeroCopyDataset):
         progress: bool | None = None,
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
-        cache, reused = decoded_cache(path, kind="ipc", cache_dir=cache_dir, columns=columns, progress=progress)
+        cache, reused = decoded_cache(
+            path, kind="ipc", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+        )
         ds = cls(cache, columns, copy=copy)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a compressed file"
         return ds
