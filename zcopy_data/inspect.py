@@ -113,8 +113,8 @@ def _inspect_arrow(path: str) -> SourceReport:
             continue
         why = "memory-mapped copy-on-write: a batch inside one record batch is a view, any other one gather"
         fields.append(FieldReport(name, dtype_name(f.dtype), str(f.shape), True, why))
-    with open(path, "rb") as f:
-        kind = "Arrow IPC file" if f.read(6) == b"ARROW1" else "Arrow IPC stream"
+    with open(path, "rb") as fh:
+        kind = "Arrow IPC file" if fh.read(6) == b"ARROW1" else "Arrow IPC stream"
     return SourceReport(path, f"{kind} ({len(batches)} record batches)", sum(b.num_rows for b in batches), fields)
 
 

@@ -262,19 +262,20 @@ class ArrowDataset(ZeroCopyDataset):
         out = {}
         for name, field in self.schema.items():
             chunks = self._views[name]
+            dims = tuple(d or 0 for d in field.shape)  # always fixed here
             itemsize = chunks[0].itemsize if chunks else 1
-            row = itemsize * math.prod(field.shape)
+            row = itemsize * math.prod(dims)
             offsets = [c.ctypes.data - base for c in chunks]
             if row == 0 or any(o % itemsize for o in offsets):
                 raise SchemaError(f"field {name!r}: empty or misaligned rows cannot be gathered", field=name)
-            inner = tuple(math.prod(field.shape[i + 1 :]) for i in range(len(field.shape)))
+            inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
             residues = {o % row for o in offsets}
             if len(residues) <= 1:
                 r = residues.pop() if residues else 0
-                shape, strides, start, g = ((size - r) // row, *field.shape), (row // itemsize, *inner), r, row
+                shape, strides, start, g = ((size - r) // row, *dims), (row // itemsize, *inner), r, row
             else:
                 g = math.gcd(row, *offsets)
-                shape, strides, start = ((size - row) // g + 1, *field.shape), (g // itemsize, *inner), 0
+                shape, strides, start = ((size - row) // g + 1, *dims), (g // itemsize, *inner), 0
             src = torch.empty(0, dtype=field.dtype).set_(storage, start // itemsize, shape, strides)
             first = np.asarray([(o - start) // g for o in offsets], dtype=np.int64)
             out[name] = (src, first, row // g)
