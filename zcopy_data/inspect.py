@@ -113,8 +113,8 @@ def _inspect_arrow(path: str) -> SourceReport:
             continue
         why = "memory-mapped copy-on-write: a batch inside one record batch is a view, any other one gather"
         fields.append(FieldReport(name, dtype_name(f.dtype), str(f.shape), True, why))
-    with open(path, "rb") as f:
-        kind = "Arrow IPC file" if f.read(6) == b"ARROW1" else "Arrow IPC stream"
+    with open(path, "rb") as fh:
+        kind = "Arrow IPC file" if fh.read(6) == b"ARROW1" else "Arrow IPC stream"
     return SourceReport(path, f"{kind} ({len(batches)} record batches)", sum(b.num_rows for b in batches), fields)
 
 
@@ -178,8 +178,11 @@ def _inspect_parquet(path: str, cache_dir: str | None) -> SourceReport:
         else:
             why = "Parquet is encoded: decoded once into an IPC cache (from_parquet), then views / one gather"
             fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
-    cache, fresh = cache_status(path, kind="parquet", cache_dir=cache_dir)
-    note = f"IPC cache of all columns: {cache} ({'fresh, reused' if fresh else 'not built yet'})"
+    usable = [f.name for f in fields if f.why.startswith("Parquet is encoded")]
+    cols = None if len(usable) == len(fields) else usable
+    cache, fresh = cache_status(path, kind="parquet", cache_dir=cache_dir, columns=cols)
+    call = "ArrowDataset.from_parquet(path" + ("" if cols is None else f", columns={cols}") + ")"
+    note = f"{call} caches in {cache} ({'fresh, reused' if fresh else 'not built yet'})"
     fmt = f"Parquet ({meta.num_row_groups} row groups)"
     return SourceReport(path, fmt, meta.num_rows, fields, [note])
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +127,13 @@ def decoded_cache(
     cache_dir: str | os.PathLike[str] | None = None,
     columns: Sequence[str] | None = None,
     progress: bool | None = None,
+    check: Callable[[pa.Schema], None] | None = None,
 ) -> tuple[str, bool]:
     """Path of the IPC cache of ``source`` (``kind`` "parquet" or "ipc"), built if stale; and whether it was reused.
 
     Args:
         progress: show a tqdm bar while decoding; default: only for sources of ``PROGRESS_MIN_BYTES`` or more.
+        check: called with the (selected) schema before decoding, to refuse unusable columns early.
     """
     source = os.fspath(source)
     if not os.path.isfile(source):
@@ -148,6 +150,8 @@ def decoded_cache(
         pass
 
     schema, chunks, batches = (_parquet_batches if kind == "parquet" else _ipc_batches)(source, columns)
+    if check is not None:
+        check(schema)
     free = shutil.disk_usage(folder).free
     tmp = data_path.with_name(f"{data_path.name}.{os.getpid()}.tmp")
     show = progress if progress is not None else stamp["size"] >= PROGRESS_MIN_BYTES

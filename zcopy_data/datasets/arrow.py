@@ -111,6 +111,12 @@ def _check_byte_order(path: str, mapped: np.ndarray[Any, Any], batches: list[pa.
         )
 
 
+def _check_types(schema: pa.Schema) -> None:
+    """Refuse a column whose type can never be zero-copy before spending a decode on it."""
+    for f in schema:
+        column_spec(f.name, f.type)
+
+
 def _chunks(
     spec: ColumnSpec, numbered: list[tuple[int, pa.RecordBatch]], mapped: np.ndarray[Any, Any], starts: Any
 ) -> tuple[list[np.ndarray[Any, Any]], tuple[int, ...]]:
@@ -183,7 +189,9 @@ class ArrowDataset(ZeroCopyDataset):
         are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
         or off) and is counted once in the ledger (stage ``decode``).
         """
-        cache, reused = decoded_cache(path, kind="parquet", cache_dir=cache_dir, columns=columns, progress=progress)
+        cache, reused = decoded_cache(
+            path, kind="parquet", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+        )
         ds = cls(cache, columns, copy=copy)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a Parquet file"
         return ds
@@ -199,7 +207,9 @@ class ArrowDataset(ZeroCopyDataset):
         progress: bool | None = None,
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
-        cache, reused = decoded_cache(path, kind="ipc", cache_dir=cache_dir, columns=columns, progress=progress)
+        cache, reused = decoded_cache(
+            path, kind="ipc", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+        )
         ds = cls(cache, columns, copy=copy)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a compressed file"
         return ds
@@ -236,32 +246,38 @@ class ArrowDataset(ZeroCopyDataset):
         self.schema = Schema(fields)
 
     def _gather_sources(self) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]]:
-        """Per field: a virtual row source over the whole mapping, each chunk's first row in it, the row step.
+        """Per field: one row source over the whole mapping, each chunk's first row in it, and the row step.
 
-        Rows of every chunk sit at ``chunk offset + k * row bytes`` in the file. With ``g`` the
-        greatest common divisor of the row size and every chunk offset, the mapping seen as
-        overlapping rows ``g`` bytes apart holds every sample of every chunk as one row, so one
-        ``index_select`` gathers a batch across record batches.
+        Rows of chunk ``c`` sit at ``offset_c + k * row_bytes`` in the file. When every offset has
+        the same remainder modulo ``row_bytes`` (always true for one record batch), the mapping seen
+        from that remainder on is one plain contiguous array holding every row. Otherwise, with
+        ``g`` the greatest common divisor of the row size and the offsets, the mapping seen as
+        overlapping rows ``g`` bytes apart holds them all. Either way one ``index_select`` gathers
+        a batch across record batches, reading rows straight out of the mapping.
         """
         if self._sources is not None:
             return self._sources
         storage = torch.from_numpy(self._mapped).untyped_storage()
-        base = self._mapped.ctypes.data
+        base, size = self._mapped.ctypes.data, self._mapped.size
         out = {}
         for name, field in self.schema.items():
             chunks = self._views[name]
+            dims = tuple(d or 0 for d in field.shape)  # always fixed here
             itemsize = chunks[0].itemsize if chunks else 1
-            row = itemsize * math.prod(field.shape)
+            row = itemsize * math.prod(dims)
             offsets = [c.ctypes.data - base for c in chunks]
-            g = math.gcd(row, *offsets) if row else itemsize
-            if g % itemsize:
-                g = itemsize if all(o % itemsize == 0 for o in offsets) else 0
-            if g == 0 or row == 0:
-                raise SchemaError(f"field {name!r}: misaligned or empty rows cannot be gathered", field=name)
-            n_virtual = max(0, (self._mapped.size - row) // g + 1)
-            inner = [math.prod(field.shape[i + 1 :]) for i in range(len(field.shape))]
-            src = torch.empty(0, dtype=field.dtype).set_(storage, 0, (n_virtual, *field.shape), (g // itemsize, *inner))
-            first = np.asarray([o // g for o in offsets], dtype=np.int64)
+            if row == 0 or any(o % itemsize for o in offsets):
+                raise SchemaError(f"field {name!r}: empty or misaligned rows cannot be gathered", field=name)
+            inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
+            residues = {o % row for o in offsets}
+            if len(residues) <= 1:
+                r = residues.pop() if residues else 0
+                shape, strides, start, g = ((size - r) // row, *dims), (row // itemsize, *inner), r, row
+            else:
+                g = math.gcd(row, *offsets)
+                shape, strides, start = ((size - row) // g + 1, *dims), (g // itemsize, *inner), 0
+            src = torch.empty(0, dtype=field.dtype).set_(storage, start // itemsize, shape, strides)
+            first = np.asarray([(o - start) // g for o in offsets], dtype=np.int64)
             out[name] = (src, first, row // g)
         self._sources = out
         return out
@@ -284,41 +300,34 @@ class ArrowDataset(ZeroCopyDataset):
     def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, torch.Tensor]:
         """One view when ``run`` lies inside one record batch, else one gather per field."""
         starts = self._starts
+        out = {}
         if run is not None and not self.copy:
             c, k = self._locate(run[0])
             if run[1] <= int(starts[c + 1]):
-                out = {}
+                why = f"view: indices contiguous in one record batch of the {self.origin}"
                 for name, chunks in self._views.items():
                     t = torch.from_numpy(chunks[c][k : k + run[1] - run[0]])
-                    record(
-                        STAGE,
-                        name,
-                        f"view: indices contiguous in one record batch of the {self.origin}",
-                        viewed=nbytes(t),
-                    )
+                    record(STAGE, name, why, viewed=nbytes(t))
                     out[name] = t
                 return out
-        if len(starts) > 2:
-            chunk = np.searchsorted(starts, indices, side="right") - 1
-            local = indices - starts[chunk]
-        else:
-            chunk, local = None, indices
         if self.copy and run is not None:
-            reason = "gather: copy=True"
+            why = f"gather: copy=True ({self.origin})"
         elif run is not None:
-            reason = "gather: contiguous indices span record batches"
+            why = f"gather: contiguous indices span record batches ({self.origin})"
         else:
-            reason = "gather: indices not contiguous"
-        out = {}
+            why = f"gather: indices not contiguous ({self.origin})"
+        chunk = np.searchsorted(starts, indices, side="right") - 1 if len(starts) > 2 else None
+        local = indices if chunk is None else indices - starts[chunk]
         for name, (src, first, step) in self._gather_sources().items():
-            rows = local * step + (first[0] if chunk is None else first[chunk])
+            rows = local * step if step != 1 else local.copy()
+            rows += first[0] if chunk is None else first[chunk]
             buf = allocate((indices.size, *src.shape[1:]), src.dtype)
             bits = _SAME_BITS.get(src.dtype)  # index_select lacks the wide unsigned types: move the same bits
             if bits is None:
                 torch.index_select(src, 0, torch.from_numpy(rows), out=buf)
             else:
                 torch.index_select(src.view(bits), 0, torch.from_numpy(rows), out=buf.view(bits))
-            record(STAGE, name, f"{reason} ({self.origin})", copied=nbytes(buf))
+            record(STAGE, name, why, copied=nbytes(buf))
             out[name] = buf
         return out
 
