@@ -146,13 +146,13 @@ class WorkerBufferPool:
     def held_bytes(self) -> int:
         return sum(s.capacity + HEADER_BYTES for s in self.slots.values())
 
-    def allocate(self, shape: tuple[int, ...], dtype: torch.dtype, what: str = "a batch") -> torch.Tensor:
+    def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of ``shape``/``dtype`` in a free buffer of the pool (grown when none fits)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         need = max(1, math.prod(shape) * itemsize)
         deadline = None
         while True:
-            slot = self._take(need, what)
+            slot = self._take(need)
             if slot is not None:
                 return torch.empty(0, dtype=dtype).set_(slot.storage, HEADER_BYTES // itemsize, shape)
             now = time.monotonic()
@@ -160,7 +160,7 @@ class WorkerBufferPool:
             if now >= deadline:
                 held = sum(1 for s in self.slots.values() if not s.is_free())
                 raise SharedMemoryExhaustedError(
-                    f"{what}: a worker needs {need} B of shared memory for a batch, but its pool already "
+                    f"a DataLoader worker needs {need} B of shared memory for a batch, but its pool already "
                     f"holds {self.held_bytes} B of the {self.config.max_bytes} B allowed, in {len(self.slots)} "
                     f"buffers, {held} of them still referenced by batches (views included) after waiting "
                     f"{self.config.wait_s:g} s; free batches you no longer need, or raise "
@@ -168,7 +168,7 @@ class WorkerBufferPool:
                 )
             time.sleep(0.0005)
 
-    def _take(self, need: int, what: str) -> Slot | None:
+    def _take(self, need: int) -> Slot | None:
         with self._lock:
             free = sorted((s for s in self.slots.values() if s.capacity >= need and s.is_free()), key=_capacity)
             fitting = [s for s in free if s.capacity <= 2 * need + 16 * _PAGE]
@@ -177,9 +177,9 @@ class WorkerBufferPool:
             capacity = -(-need // _PAGE) * _PAGE
             if capacity + HEADER_BYTES > self.config.max_bytes:
                 raise SharedMemoryExhaustedError(
-                    f"{what}: one batch needs {capacity + HEADER_BYTES} B of shared memory, more than the "
-                    f"{self.config.max_bytes} B a worker may hold; raise ZCOPY_DATA_WORKER_SHM_BYTES or lower "
-                    "the batch size"
+                    f"a DataLoader worker needs {capacity + HEADER_BYTES} B of shared memory for one batch, "
+                    f"more than the {self.config.max_bytes} B a worker may hold; raise "
+                    "ZCOPY_DATA_WORKER_SHM_BYTES or lower the batch size"
                 )
             # make room by dropping free buffers that are the wrong size
             for s in sorted(
@@ -189,15 +189,15 @@ class WorkerBufferPool:
                     break
                 self._drop(s)
             if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
-                return self._create(capacity, what)
+                return self._create(capacity)
             return free[0] if free else None
 
-    def _create(self, capacity: int, what: str) -> Slot:
+    def _create(self, capacity: int) -> Slot:
         size = capacity + HEADER_BYTES
         space = _shm_free()
         if space is not None and size > space[0]:
             raise SharedMemoryExhaustedError(
-                f"{what}: a worker needs a {size} B shared-memory buffer, but {_SHM_DIR} has only "
+                f"a DataLoader worker needs a {size} B shared-memory buffer for a batch, but {_SHM_DIR} has only "
                 f"{space[0]} B free of {space[1]} B; enlarge it (docker run --shm-size=..., or mount "
                 "a bigger tmpfs), use fewer workers, or lower the batch size"
             )
@@ -208,7 +208,7 @@ class WorkerBufferPool:
                 os.posix_fallocate(fd, 0, size)  # reserve the pages now: ENOSPC here, not SIGBUS later
             except OSError as err:
                 raise SharedMemoryExhaustedError(
-                    f"{what}: reserving a {size} B shared-memory buffer failed ({err.strerror}); "
+                    f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
                     f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
                 ) from None
         torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,)).zero_()  # fault every page in once
