@@ -90,12 +90,12 @@ def _record_crossing(batch: Any) -> None:
 
 def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
     """Whether the pin stage was free (gathered into pinned memory), a copy, or skipped."""
-    from zcopy_data.transfer.pinned import is_pool_memory  # lazy: transfer imports the collate package
+    from zcopy_data.transfer.pinned import is_pinned_gather  # lazy: transfer imports the collate package
 
     for name, t in _tensors(batch):
         if t.device.type != "cpu":
             continue
-        if is_pool_memory(t) and t.is_pinned():
+        if is_pinned_gather(t):
             record("pin", name, "free: gathered straight into pinned memory", viewed=nbytes(t))
         elif not loader.pin_memory:
             continue

@@ -125,3 +125,30 @@ def test_cpu_ledger_says_pinning_was_skipped():
     assert len(pins) == 4 and all(r[2] == "skipped: no accelerator to pin for" and r[4] == 0 for r in pins)
     assert sum(r[4] for r in records if r[0] == "host->device") == 0
     assert sum(r[4] for r in records if r[0] == "cast") == 2 * 8 * 48 * 4
+
+
+def test_unpinned_batches_are_staged_into_exact_pool_slots():
+    """The staging step of the accelerator path, run on host memory (the pool is unpinned here)."""
+    from zcopy_data.transfer.pinned import is_pool_memory
+
+    pf = DevicePrefetcher([], "cpu", depth=2)
+    full = {"image": torch.randint(0, 255, (8, 3, 2, 2), dtype=torch.uint8), "label": torch.arange(8), "tag": "a"}
+    with capture() as records:
+        staged, slot = pf._stage(full)
+    assert pf.pool is not None and pf.pool.slots == 4  # depth + 2
+    assert pf.pool.specs == {"image": ((8, 3, 2, 2), torch.uint8), "label": ((8,), torch.int64)}
+    assert slot is not None and staged["tag"] == "a"
+    for name in ("image", "label"):
+        assert torch.equal(staged[name], full[name]) and is_pool_memory(staged[name])
+    assert [(r[0], r[1], r[4]) for r in records] == [("pin", "image", 96), ("pin", "label", 64)]
+    slot.release()
+
+    last = {"image": full["image"][:5], "label": full["label"][:5]}  # a short last batch uses a slot's prefix
+    staged, slot = pf._stage(last)
+    assert slot is not None and staged["image"].shape == (5, 3, 2, 2) and is_pool_memory(staged["label"])
+    assert torch.equal(staged["label"], torch.arange(5))
+    slot.release()
+
+    odd = {"image": torch.zeros((8, 3, 3, 3), dtype=torch.uint8), "label": torch.arange(8)}
+    staged, slot = pf._stage(odd)  # does not fit the slots: left as it is (its copy will be synchronous)
+    assert slot is None and staged is odd

@@ -200,3 +200,11 @@ def test_a_buffer_outlives_its_pool_while_referenced():
     assert is_pool_memory(x) and torch.equal(x, torch.arange(8))
     x.add_(1)  # still mapped and writable
     assert torch.equal(x, torch.arange(1, 9))
+
+
+def test_transfer_exports_are_sorted_and_import():
+    import zcopy_data.transfer as transfer
+
+    assert transfer.__all__ == sorted(transfer.__all__)
+    for name in transfer.__all__:
+        assert getattr(transfer, name) is not None

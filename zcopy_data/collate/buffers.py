@@ -2,9 +2,11 @@
 
 * inside a ``DataLoader`` worker: shared memory, so the batch crosses to the main process as a
   handle instead of being copied again when it is pickled;
-* in the main process: pinned memory when an accelerator is available (an exact-size buffer
-  that is reused once nothing references it), so the batch's device copy is a direct DMA and
-  a ``DataLoader``'s own ``pin_memory=True`` finds it already pinned; else ordinary host memory;
+* in the main process: pinned memory when an accelerator is available, so the batch's device
+  copy is a direct DMA and a ``DataLoader``'s own ``pin_memory=True`` finds it already pinned
+  (inside a zcopy_data device stage an exact-size buffer guarded by its copy events, elsewhere
+  PyTorch's pinned allocator, which guards against any consumer's non-blocking copy; see
+  :mod:`zcopy_data.transfer.pinned`); without one, ordinary host memory;
 * for device tensors: the device they came from.
 """
 

@@ -8,7 +8,7 @@ tensor([0., 0.], dtype=torch.float16)
 
 from zcopy_data.transfer.cast import Cast, DeviceCast, validate_cast
 from zcopy_data.transfer.device import DevicePrefetcher, to_device
-from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, PoolExhaustedError
+from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, PoolExhaustedError, set_pinned_gathers
 
 __all__ = [
     "Cast",
@@ -17,6 +17,7 @@ __all__ = [
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
+    "set_pinned_gathers",
     "to_device",
     "validate_cast",
 ]

@@ -107,10 +107,13 @@ def reap(*, wait_one: bool = False) -> bool:
 
     Returns True when something was released.
     """
+    if wait_one:
+        with _inflight_lock:
+            oldest = _inflight[0][0] if _inflight else None
+        if oldest is not None:
+            oldest.synchronize()  # outside the lock: other threads keep issuing copies meanwhile
     released = False
     with _inflight_lock:
-        if wait_one and _inflight:
-            _inflight[0][0].synchronize()
         while _inflight and _inflight[0][0].query():
             _inflight.popleft()
             released = True

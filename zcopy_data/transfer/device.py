@@ -20,6 +20,7 @@ pinned or copied and the same casts run on the CPU: the same batches, on every b
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,7 +34,7 @@ from zcopy_data.ledger import record
 from zcopy_data.schema import Schema
 from zcopy_data.transfer._streams import hold_until, on_stream, resolve_device, side_stream
 from zcopy_data.transfer.cast import CastMap, DeviceCast
-from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot
+from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, exact_gathers
 
 __all__ = ["DevicePrefetcher", "to_device"]
 
@@ -114,12 +115,18 @@ class _Transfer:
             record(STAGE, name, f"from {t.device}", copied=nbytes(t))
             return t.to(device, non_blocking=non_blocking)
 
-        consumer = torch.accelerator.current_stream(device)
-        if any(t.device.type != "cpu" for _, t in leaves(batch)):
-            stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
-        with on_stream(stream):
-            out = cast(map_tensors(batch, copy))
-            self.event = stream.record_event()
+        try:
+            consumer = torch.accelerator.current_stream(device)
+            if any(t.device.type != "cpu" for _, t in leaves(batch)):
+                stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
+            with on_stream(stream):
+                out = cast(map_tensors(batch, copy))
+                self.event = stream.record_event()
+        except BaseException:
+            if slot is not None:  # copies already issued may still read the slot: let them finish first
+                stream.synchronize()
+                slot.release()
+            raise
         hold_until(self.event, host)
         if slot is not None:
             slot.release(self.event)
@@ -248,12 +255,16 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self.loader)
-        start = self._start_cpu if self.device.type == "cpu" else self._start_device
+        on_cpu = self.device.type == "cpu"
+        start = self._start_cpu if on_cpu else self._start_device
+        gathers = contextlib.nullcontext if on_cpu else exact_gathers
         queue: deque[_Transfer | _Ready] = deque()
+        consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
 
         def issue() -> bool:
             try:
-                batch = next(it)
+                with gathers():  # on a device, every batch pulled here is copied by us, under our events
+                    batch = next(it)
             except StopIteration:
                 return False
             queue.append(start(batch))
@@ -263,9 +274,15 @@ class DevicePrefetcher:
             if not issue():
                 break
         while queue:
-            transfer = queue.popleft()
+            batch = queue.popleft().handoff()
+            if not on_cpu:
+                # The host may run ahead of the device by at most depth + 2 batches: beyond that,
+                # device memory and pinned buffers would pile up behind the consumer's stream.
+                consumed.append(torch.accelerator.current_stream(self.device).record_event())
+                while len(consumed) > self.depth + 1:
+                    consumed.popleft().synchronize()
             issue()
-            yield transfer.handoff()
+            yield batch
 
     def _start_cpu(self, batch: Any) -> _Ready:
         for name, t in leaves(batch):
@@ -304,9 +321,13 @@ class DevicePrefetcher:
             return batch, None  # an odd batch: its copy is synchronous, and the ledger says so
         slot = self.pool.acquire()
         staged: dict[str, torch.Tensor] = {}
-        for n, t in unpinned.items():
-            dst = slot[n][: t.shape[0]]
-            dst.copy_(t)
-            record(PIN, n, "copied into a pinned pool slot", copied=nbytes(t))
-            staged[n] = dst
+        try:
+            for n, t in unpinned.items():
+                dst = slot[n][: t.shape[0]]
+                dst.copy_(t)
+                record(PIN, n, "copied into a pinned pool slot", copied=nbytes(t))
+                staged[n] = dst
+        except BaseException:
+            slot.release()
+            raise
         return map_tensors(batch, lambda n, t: staged.get(n, t)), slot

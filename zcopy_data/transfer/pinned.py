@@ -22,9 +22,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from zcopy_data._dtypes import dtype_name
 from zcopy_data.errors import SchemaError, ZeroCopyError
@@ -35,6 +37,8 @@ __all__ = [
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
+    "exact_gathers",
+    "is_pinned_gather",
     "is_pool_memory",
     "pinned_buffer",
     "set_pinned_gathers",
@@ -208,8 +212,8 @@ class PinnedBufferPool:
         if slots < 1:
             raise ValueError(f"{slots=} should be >= 1")
         specs = _specs(fields, batch_size)
-        if pin is None:
-            pin = accelerator() is not None
+        if pin is None:  # never query the accelerator from a worker: it may be a forked child
+            pin = get_worker_info() is None and accelerator() is not None
         if pin:
             check_main_process("pinning memory")
         layout: dict[str, int] = {}
@@ -314,10 +318,18 @@ def _specs(fields: Schema | Mapping[str, Spec], batch_size: int | None) -> dict[
 
 
 # -- pinned outputs for gathers in the main process ------------------------------------------------
+#
+# Outside a zcopy_data device stage, whoever consumes a batch may copy it with its own
+# ``.to(device, non_blocking=True)``, a copy zcopy_data never sees. Those gathers therefore use
+# PyTorch's pinned allocator, which records an event for every such copy and reuses a block only
+# after it. Inside a device stage (``exact_gathers()``), every copy is ours and guarded by our
+# events, so gathers use exact-size registered buffers instead.
 _gather_pinning = True
+_local = threading.local()
 _cache: dict[Spec, list[torch.Tensor]] = {}
 _baselines: dict[int, int] = {}
 _cache_lock = threading.Lock()
+_gathered: dict[int, weakref.ref[torch.Tensor]] = {}
 MAX_PER_SHAPE = 8
 
 
@@ -327,26 +339,57 @@ def set_pinned_gathers(enabled: bool) -> None:
     _gather_pinning = bool(enabled)
 
 
-def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    """A free exact-size pinned buffer for one batch field, or ``None`` (no accelerator, or too many held).
+@contextmanager
+def exact_gathers() -> Iterator[None]:
+    """Within the block (this thread), gathers use exact-size buffers guarded by our copy events.
 
-    Buffers are reused once no tensor references them; a non-blocking copy of one holds a
-    reference until its event completes (see :func:`~zcopy_data.transfer.to_device`).
+    Only a stage that copies every batch it pulls itself, through :func:`to_device`, may use it.
     """
-    if not _gather_pinning or accelerator() is None:
-        return None
-    check_main_process("pinning memory")
-    key = (tuple(shape), dtype)
+    prev = getattr(_local, "exact", False)
+    _local.exact = True
+    try:
+        yield
+    finally:
+        _local.exact = prev
+
+
+def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A pinned output buffer for one batch field gathered in the main process, or ``None``.
+
+    ``None`` without an accelerator, inside a worker, or when turned off with
+    :func:`set_pinned_gathers`. Inside :func:`exact_gathers`, an exact-size buffer reused once no
+    tensor references it (a copy by ``to_device`` references it until its event completes);
+    otherwise a buffer from PyTorch's pinned allocator, safe under any consumer's copies.
+    """
+    if not _gather_pinning or get_worker_info() is not None or accelerator() is None:
+        return None  # inside a worker the accelerator is never touched
+    if getattr(_local, "exact", False):
+        buf = _exact_buffer(tuple(shape), dtype)
+        if buf is not None:
+            return buf
+    buf = torch.empty(shape, dtype=dtype, pin_memory=True)
+    key = id(buf)
+    _gathered[key] = weakref.ref(buf, lambda _, k=key: _gathered.pop(k, None))  # type: ignore[misc]
+    return buf
+
+
+def _exact_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
     reap()
     with _cache_lock:
-        bufs = _cache.setdefault(key, [])
+        bufs = _cache.setdefault((shape, dtype), [])
         for buf in bufs:
             if _use_count(buf) == _baselines[id(buf)]:
                 return buf.view(buf.shape)  # a new view, so the batch holding it counts as a reference
         if len(bufs) >= MAX_PER_SHAPE:
             return None
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        buf = _HostBlock(nbytes, pin=True).carve(0, key[0], dtype)
+        buf = _HostBlock(nbytes, pin=True).carve(0, shape, dtype)
         _baselines[id(buf)] = _use_count(buf)
         bufs.append(buf)
         return buf.view(buf.shape)
+
+
+def is_pinned_gather(t: torch.Tensor) -> bool:
+    """True when ``t`` is a buffer a gather wrote straight into pinned memory (so pinning it is free)."""
+    ref = _gathered.get(id(t))
+    return (ref is not None and ref() is t) or (is_pool_memory(t) and t.is_pinned())
