@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from zcopy_data._dtypes import dtype_name
 from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data.collate.crossing import install as install_crossing
+from zcopy_data.collate.descriptors import register_file_array
 from zcopy_data.datasets.base import BatchRequest, SampleBatch
 from zcopy_data.errors import DtypeDriftError, ShapeMismatchError, describe
 from zcopy_data.ledger import record
@@ -66,6 +68,11 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if run is not None:
         start, stop = run
+        if get_worker_info() is not None:
+            # views of memory-mapped columns cross to the main process as file descriptors
+            install_crossing()
+            for col in cols.values():
+                register_file_array(col)
         for name, col in cols.items():
             t = strict_asarray(col[start:stop], field=name)
             record(STAGE, name, "view: indices contiguous", viewed=nbytes(t))
