@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean gpu-check
+.PHONY: demo test lint bench clean gpu-check examples
 
 $(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV) bench
@@ -26,3 +26,8 @@ clean:
 
 gpu-check: $(VENV)/.dev  ## on a GPU machine: cuda tests + transfer benchmark, JSON under benchmarks/results
 	PYTHON=$(PY) benchmarks/gpu_check.sh benchmarks/results
+
+examples: $(VENV)/.dev  ## run every example on generated data
+	for f in examples/numpy_dataloader.py examples/arrow_file.py examples/image_folder.py examples/lightning_fit.py; do \
+		$(PY) $$f || exit 1; done
+	$(PY) examples/lightning_ddp.py --devices 2
