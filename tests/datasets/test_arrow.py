@@ -324,3 +324,18 @@ def test_dataloader_workers_see_every_sample_once(chunked, data, workers, contex
         ledger = explain(loader, batches=3)
         crossing = [r for r in ledger.rows if r.stage == "worker->main"]
         assert crossing and all(r.bytes_copied == 0 for r in crossing)  # gathered into shared memory
+
+
+def test_empty_batches_and_empty_record_batches(tmp_path, table, data):
+    empty = table.slice(0, 0)
+    path = tmp_path / "holes.arrow"
+    with pa.ipc.new_file(path, table.schema) as w:
+        for part in (empty, table.slice(0, 10), empty, table.slice(10, 30)):
+            for b in part.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]:
+                w.write_batch(b)
+    ds = ArrowDataset(path)
+    assert len(ds) == N and ds.num_record_batches == 4
+    batch = zero_copy_collate(ds.__getitems__(range(8, 12)))
+    assert np.array_equal(batch["image"].numpy(), data["image"][8:12])
+    none = zero_copy_collate(ds.__getitems__([]))
+    assert none["image"].shape == (0, 3, 4, 5) and none["label"].dtype == torch.int64

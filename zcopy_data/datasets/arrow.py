@@ -301,6 +301,8 @@ class ArrowDataset(ZeroCopyDataset):
         """One view when ``run`` lies inside one record batch, else one gather per field."""
         starts = self._starts
         out = {}
+        if indices.size == 0:
+            return {n: torch.empty((0, *(d or 0 for d in f.shape)), dtype=f.dtype) for n, f in self.schema.items()}
         if run is not None and not self.copy:
             c, k = self._locate(run[0])
             if run[1] <= int(starts[c + 1]):
