@@ -339,3 +339,11 @@ def test_empty_batches_and_empty_record_batches(tmp_path, table, data):
     assert np.array_equal(batch["image"].numpy(), data["image"][8:12])
     none = zero_copy_collate(ds.__getitems__([]))
     assert none["image"].shape == (0, 3, 4, 5) and none["label"].dtype == torch.int64
+
+
+def test_permuted_fixed_shape_tensor_is_refused(tmp_path):
+    typ = pa.fixed_shape_tensor(pa.float32(), (2, 3), permutation=[1, 0])
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 6)
+    path = _write_ipc(tmp_path / "p.arrow", pa.table({"t": pa.ExtensionArray.from_storage(typ, storage)}))
+    with pytest.raises(UnsupportedColumnError, match=r"field 't'.*permutation \[1, 0\].*without a permutation"):
+        ArrowDataset(path)

@@ -225,3 +225,14 @@ def test_file_order_matches_torchvision_image_folder(tmp_path):
         _save(tmp_path / rel, np.zeros((4, 4, 3), np.uint8))
     ds = ImageFolderDataset(tmp_path, size=4)
     assert [os.path.relpath(f, tmp_path) for f in ds.files] == ["c/b.png", "c/z.png", "c/a/x.png", "c/a/b/y.png"]
+
+
+def test_without_pyarrow_pixels_take_pillows_packed_bytes_and_the_ledger_says_two_copies(folder, monkeypatch):
+    ds = ImageFolderDataset(folder, size=SIZE)
+    expected = zero_copy_collate(ds.__getitems__([0, 4]))["image"]
+    monkeypatch.setattr("zcopy_data.datasets._image_decode.HAS_ARROW", False)  # as if pyarrow were not installed
+    LEDGER.reset()
+    again = zero_copy_collate(ds.__getitems__([0, 4]))["image"]
+    assert torch.equal(again, expected)
+    row = next(r for r in LEDGER.rows if r.stage == "decode")
+    assert row.bytes_copied == 2 * again.numel() and "Pillow packs RGB" in row.reason
