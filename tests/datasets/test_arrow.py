@@ -347,3 +347,21 @@ def test_permuted_fixed_shape_tensor_is_refused(tmp_path):
     path = _write_ipc(tmp_path / "p.arrow", pa.table({"t": pa.ExtensionArray.from_storage(typ, storage)}))
     with pytest.raises(UnsupportedColumnError, match=r"field 't'.*permutation \[1, 0\].*without a permutation"):
         ArrowDataset(path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_strings_opt_in_gives_python_lists_and_counts_the_copies(tmp_path, workers):
+    names = [f"sample-{i}" for i in range(N)]
+    table = pa.table({"name": pa.array(names), "label": pa.array(np.arange(N))})
+    path = _write_ipc(tmp_path / "s.arrow", table, chunk=16)
+    with pytest.raises(UnsupportedColumnError, match="strings='list'"):
+        ArrowDataset(path)
+    ds = ArrowDataset(path, strings="list")
+    assert list(ds.schema) == ["label"] and ds[17] == {"name": "sample-17", "label": 17}
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers, collate_fn=zero_copy_collate)
+    for batch in loader:
+        assert list(batch) == ["name", "label"]
+        assert batch["name"] == [names[i] for i in batch["label"].tolist()]
+    ledger = explain(loader, batches=2)
+    row = next(r for r in ledger.rows if r.field == "name")
+    assert row.reason.startswith("copy: strings become Python str") and row.bytes_copied > 0

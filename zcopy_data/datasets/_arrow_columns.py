@@ -50,7 +50,11 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
     if t.is_boolean(typ):
         return "booleans are bit-packed in Arrow (8 per byte)", "store them as uint8 (pc.cast(col, pa.uint8()))"
     if t.is_string(typ) or t.is_large_string(typ) or t.is_binary(typ) or t.is_large_binary(typ):
-        return "strings and binaries are variable-length", f"encode them as integer ids {_SKIP_FIX}"
+        return (
+            "strings and binaries are variable-length",
+            f"encode them as integer ids, pass strings='list' (strings only) for Python lists, copied and counted, "
+            f"{_SKIP_FIX}",
+        )
     if t.is_string_view(typ) or t.is_binary_view(typ) or t.is_list_view(typ) or t.is_large_list_view(typ):
         return "view types are variable-length", f"encode them as integer ids {_SKIP_FIX}"
     if t.is_dictionary(typ):
