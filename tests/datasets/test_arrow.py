@@ -122,6 +122,8 @@ def test_contiguous_batch_is_a_view_of_the_file_mapping(single, data):
     assert batch["image"].data_ptr() == view.ctypes.data
     assert np.shares_memory(batch["image"].numpy(), ds._mapped)
     assert np.array_equal(batch["image"].numpy(), data["image"][:8])
+    # The view's storage is the batch's bytes, not the whole file (what a worker would have to pickle).
+    assert batch["image"].untyped_storage().nbytes() == 8 * 60
     ledger = explain(loader, batches=4)
     assert ledger.bytes_copied == 0
     assert ledger.bytes_viewed == 4 * 8 * (60 + 8)
