@@ -229,6 +229,9 @@ def test_parquet_is_decoded_once_then_served_zero_copy_from_the_cache(tmp_path, 
     LEDGER.reset()
     again = ArrowDataset.from_parquet(src, cache_dir=cache)
     assert again.cache_reused is True and again.path == ds.path and LEDGER.copied("decode") == 0
+    picked = ArrowDataset.from_parquet(src, ("label",), cache_dir=cache)
+    assert picked.cache_reused is False and list(picked.schema) == ["label"]  # its own cache, label only
+    assert ArrowDataset.from_parquet(src, ["label"], cache_dir=cache).cache_reused is True
     os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns + 10**9))
     assert ArrowDataset.from_parquet(src, cache_dir=cache).cache_reused is False  # source changed: rebuilt
 
