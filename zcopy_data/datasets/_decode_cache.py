@@ -116,8 +116,10 @@ def _ipc_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema,
 def _progress(total: int, desc: str, show: bool) -> Any:
     if not show:
         return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a courtesy: decode without it
+        return contextlib.nullcontext(None)
     return tqdm(total=total, desc=desc, unit="chunk")
 
 
