@@ -10,6 +10,8 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from zcopy_data import LEDGER, SchemaError, explain, zero_copy_collate
@@ -226,6 +228,10 @@ def test_parquet_is_decoded_once_then_served_zero_copy_from_the_cache(tmp_path, 
     assert np.shares_memory(batch["image"].numpy(), ds._mapped)
     assert np.array_equal(batch["image"].numpy(), data["image"][:8])
 
+    before = _sha(Path(ds.path))
+    batch["image"].mul_(0)  # an in-place op on a view of the cache: private pages only
+    assert _sha(Path(ds.path)) == before
+
     LEDGER.reset()
     again = ArrowDataset.from_parquet(src, cache_dir=cache)
     assert again.cache_reused is True and again.path == ds.path and LEDGER.copied("decode") == 0
@@ -370,3 +376,31 @@ def test_strings_opt_in_gives_python_lists_and_counts_the_copies(tmp_path, worke
     ledger = explain(loader, batches=2)
     row = next(r for r in ledger.rows if r.field == "name")
     assert row.reason.startswith("copy: strings become Python str") and row.bytes_copied > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chunks=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
+    shape=st.sampled_from([(), (3,), (2, 5), (7,)]),
+    data=st.data(),
+)
+def test_any_record_batch_layout_gathers_the_right_rows(tmp_path_factory, chunks, dtype, shape, data):
+    n = sum(chunks)
+    arr = (np.arange(max(n, 1) * int(np.prod(shape))) % 97).astype(dtype).reshape(max(n, 1), *shape)[:n]
+    table = pa.table({"x": _column(arr), "i": pa.array(np.arange(n, dtype=np.int64))})
+    path = tmp_path_factory.mktemp("layout") / "t.arrow"
+    with pa.ipc.new_file(path, table.schema) as w:
+        start = 0
+        for size in chunks:  # record batches of these sizes, empty ones included
+            w.write_batch(table.slice(start, size).combine_chunks().to_batches()[0] if size else
+                          pa.RecordBatch.from_pylist([], schema=table.schema))  # fmt: skip
+            start += size
+    ds = ArrowDataset(path)
+    assert len(ds) == n
+    if n == 0:
+        return
+    idx = data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=12))
+    batch = zero_copy_collate(ds.__getitems__(idx))
+    assert torch.equal(batch["x"], torch.from_numpy(arr[idx]))
+    assert torch.equal(batch["i"], torch.from_numpy(np.arange(n)[idx]))
