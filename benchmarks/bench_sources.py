@@ -5,7 +5,7 @@
 * ``ImageFolderDataset`` (0 and 2 workers) against a bare Pillow decode-and-resize loop over the same files (the
   library's own overhead), against a torchvision-style per-sample ``Dataset`` under the default
   ``DataLoader``, and against a per-sample ``Dataset`` running our exact decode (the batching
-  alone).
+  alone); plus ``threads=2`` (decode threads in the main process, no worker processes).
 
 Without workers, contenders alternate batch by batch and the rate comes from the median batch
 time, so load bursts on a shared machine hit all of them alike; with workers (which prefetch),
@@ -255,7 +255,12 @@ def bench_images(args: argparse.Namespace) -> list[dict[str, Any]]:
             "per-sample, same decode": loader(PerSampleSameDecode(files, labels, size), None),
         }
         if workers == 0:
-            contenders = {"bare Pillow loop": bare, **contenders}
+            threaded = ImageFolderDataset(root, size=size, threads=2)  # decode threads instead of processes
+            contenders = {
+                "bare Pillow loop": bare,
+                **contenders,
+                "zcopy, threads=2": loader(threaded, zero_copy_collate),
+            }
         res = measure(contenders, workers, args)
         meds = {k: r["samples_per_s"] for k, r in res.items()}
         for name, med in meds.items():

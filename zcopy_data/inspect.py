@@ -234,6 +234,8 @@ def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) 
         return _inspect_arrow(path)
     if head.startswith(b"PAR1"):
         return _inspect_parquet(path, cache_dir)
+    if head.startswith(b"FEA1"):
+        raise _corrupt(f"{path!r}: a Feather v1 file; rewrite it as Feather v2 (pyarrow.feather.write_feather)")
     if not head:
         raise _corrupt(f"{path!r}: the file is empty")
     raise _corrupt(

@@ -10,6 +10,8 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from zcopy_data import LEDGER, SchemaError, explain, zero_copy_collate
@@ -122,6 +124,8 @@ def test_contiguous_batch_is_a_view_of_the_file_mapping(single, data):
     assert batch["image"].data_ptr() == view.ctypes.data
     assert np.shares_memory(batch["image"].numpy(), ds._mapped)
     assert np.array_equal(batch["image"].numpy(), data["image"][:8])
+    # The view's storage is the batch's bytes, not the whole file (what a worker would have to pickle).
+    assert batch["image"].untyped_storage().nbytes() == 8 * 60
     ledger = explain(loader, batches=4)
     assert ledger.bytes_copied == 0
     assert ledger.bytes_viewed == 4 * 8 * (60 + 8)
@@ -224,9 +228,16 @@ def test_parquet_is_decoded_once_then_served_zero_copy_from_the_cache(tmp_path, 
     assert np.shares_memory(batch["image"].numpy(), ds._mapped)
     assert np.array_equal(batch["image"].numpy(), data["image"][:8])
 
+    before = _sha(Path(ds.path))
+    batch["image"].mul_(0)  # an in-place op on a view of the cache: private pages only
+    assert _sha(Path(ds.path)) == before
+
     LEDGER.reset()
     again = ArrowDataset.from_parquet(src, cache_dir=cache)
     assert again.cache_reused is True and again.path == ds.path and LEDGER.copied("decode") == 0
+    picked = ArrowDataset.from_parquet(src, ("label",), cache_dir=cache)
+    assert picked.cache_reused is False and list(picked.schema) == ["label"]  # its own cache, label only
+    assert ArrowDataset.from_parquet(src, ["label"], cache_dir=cache).cache_reused is True
     os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns + 10**9))
     assert ArrowDataset.from_parquet(src, cache_dir=cache).cache_reused is False  # source changed: rebuilt
 
@@ -324,3 +335,72 @@ def test_dataloader_workers_see_every_sample_once(chunked, data, workers, contex
         ledger = explain(loader, batches=3)
         crossing = [r for r in ledger.rows if r.stage == "worker->main"]
         assert crossing and all(r.bytes_copied == 0 for r in crossing)  # gathered into shared memory
+
+
+def test_empty_batches_and_empty_record_batches(tmp_path, table, data):
+    empty = table.slice(0, 0)
+    path = tmp_path / "holes.arrow"
+    with pa.ipc.new_file(path, table.schema) as w:
+        for part in (empty, table.slice(0, 10), empty, table.slice(10, 30)):
+            for b in part.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]:
+                w.write_batch(b)
+    ds = ArrowDataset(path)
+    assert len(ds) == N and ds.num_record_batches == 4
+    batch = zero_copy_collate(ds.__getitems__(range(8, 12)))
+    assert np.array_equal(batch["image"].numpy(), data["image"][8:12])
+    none = zero_copy_collate(ds.__getitems__([]))
+    assert none["image"].shape == (0, 3, 4, 5) and none["label"].dtype == torch.int64
+
+
+def test_permuted_fixed_shape_tensor_is_refused(tmp_path):
+    typ = pa.fixed_shape_tensor(pa.float32(), (2, 3), permutation=[1, 0])
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 6)
+    path = _write_ipc(tmp_path / "p.arrow", pa.table({"t": pa.ExtensionArray.from_storage(typ, storage)}))
+    with pytest.raises(UnsupportedColumnError, match=r"field 't'.*permutation \[1, 0\].*without a permutation"):
+        ArrowDataset(path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_strings_opt_in_gives_python_lists_and_counts_the_copies(tmp_path, workers):
+    names = [f"sample-{i}" for i in range(N)]
+    table = pa.table({"name": pa.array(names), "label": pa.array(np.arange(N))})
+    path = _write_ipc(tmp_path / "s.arrow", table, chunk=16)
+    with pytest.raises(UnsupportedColumnError, match="strings='list'"):
+        ArrowDataset(path)
+    ds = ArrowDataset(path, strings="list")
+    assert list(ds.schema) == ["label"] and ds[17] == {"name": "sample-17", "label": 17}
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers, collate_fn=zero_copy_collate)
+    for batch in loader:
+        assert list(batch) == ["name", "label"]
+        assert batch["name"] == [names[i] for i in batch["label"].tolist()]
+    ledger = explain(loader, batches=2)
+    row = next(r for r in ledger.rows if r.field == "name")
+    assert row.reason.startswith("copy: strings become Python str") and row.bytes_copied > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chunks=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
+    shape=st.sampled_from([(), (3,), (2, 5), (7,)]),
+    data=st.data(),
+)
+def test_any_record_batch_layout_gathers_the_right_rows(tmp_path_factory, chunks, dtype, shape, data):
+    n = sum(chunks)
+    arr = (np.arange(max(n, 1) * int(np.prod(shape))) % 97).astype(dtype).reshape(max(n, 1), *shape)[:n]
+    table = pa.table({"x": _column(arr), "i": pa.array(np.arange(n, dtype=np.int64))})
+    path = tmp_path_factory.mktemp("layout") / "t.arrow"
+    with pa.ipc.new_file(path, table.schema) as w:
+        start = 0
+        for size in chunks:  # record batches of these sizes, empty ones included
+            w.write_batch(table.slice(start, size).combine_chunks().to_batches()[0] if size else
+                          pa.RecordBatch.from_pylist([], schema=table.schema))  # fmt: skip
+            start += size
+    ds = ArrowDataset(path)
+    assert len(ds) == n
+    if n == 0:
+        return
+    idx = data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=12))
+    batch = zero_copy_collate(ds.__getitems__(idx))
+    assert torch.equal(batch["x"], torch.from_numpy(arr[idx]))
+    assert torch.equal(batch["i"], torch.from_numpy(np.arange(n)[idx]))

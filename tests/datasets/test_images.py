@@ -217,3 +217,22 @@ def test_bad_folders_and_arguments(tmp_path, folder):
         ImageFolderDataset(folder, size=(0, 4), allow_empty=True)
     with pytest.raises(ValueError, match="on_error"):
         ImageFolderDataset(folder, size=SIZE, on_error="ignore", allow_empty=True)
+
+
+def test_file_order_matches_torchvision_image_folder(tmp_path):
+    # torchvision walks sorted folders and sorts names within each: files of a folder before its sub-folders'.
+    for rel in ("c/b.png", "c/a/x.png", "c/a/b/y.png", "c/z.png"):
+        _save(tmp_path / rel, np.zeros((4, 4, 3), np.uint8))
+    ds = ImageFolderDataset(tmp_path, size=4)
+    assert [os.path.relpath(f, tmp_path) for f in ds.files] == ["c/b.png", "c/z.png", "c/a/x.png", "c/a/b/y.png"]
+
+
+def test_without_pyarrow_pixels_take_pillows_packed_bytes_and_the_ledger_says_two_copies(folder, monkeypatch):
+    ds = ImageFolderDataset(folder, size=SIZE)
+    expected = zero_copy_collate(ds.__getitems__([0, 4]))["image"]
+    monkeypatch.setattr("zcopy_data.datasets._image_decode.HAS_ARROW", False)  # as if pyarrow were not installed
+    LEDGER.reset()
+    again = zero_copy_collate(ds.__getitems__([0, 4]))["image"]
+    assert torch.equal(again, expected)
+    row = next(r for r in LEDGER.rows if r.stage == "decode")
+    assert row.bytes_copied == 2 * again.numel() and "Pillow packs RGB" in row.reason

@@ -1,8 +1,14 @@
 """Datasets that hand batches to ``zero_copy_collate`` as views or one gather."""
 
+from typing import TYPE_CHECKING
+
 from zcopy_data.datasets._errors import CorruptFileError, SkippedFileWarning, UnsupportedColumnError
 from zcopy_data.datasets.base import BatchRequest, SampleBatch, ZeroCopyDataset
 from zcopy_data.datasets.numpy import NumpyDataset
+
+if TYPE_CHECKING:
+    from zcopy_data.datasets.arrow import ArrowDataset
+    from zcopy_data.datasets.images import ImageFolderDataset
 
 __all__ = [
     "ArrowDataset",

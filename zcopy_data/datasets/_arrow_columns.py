@@ -50,8 +50,12 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
     if t.is_boolean(typ):
         return "booleans are bit-packed in Arrow (8 per byte)", "store them as uint8 (pc.cast(col, pa.uint8()))"
     if t.is_string(typ) or t.is_large_string(typ) or t.is_binary(typ) or t.is_large_binary(typ):
-        return "strings and binaries are variable-length", f"encode them as integer ids {_SKIP_FIX}"
-    if t.is_string_view(typ) or t.is_binary_view(typ) or t.is_list_view(typ) or t.is_large_list_view(typ):
+        return (
+            "strings and binaries are variable-length",
+            f"encode them as integer ids, pass strings='list' (strings only) for Python lists, copied and counted, "
+            f"{_SKIP_FIX}",
+        )
+    if any(_is(kind, typ) for kind in ("string_view", "binary_view", "list_view", "large_list_view")):
         return "view types are variable-length", f"encode them as integer ids {_SKIP_FIX}"
     if t.is_dictionary(typ):
         return (
@@ -66,6 +70,12 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
     if t.is_struct(typ):
         return "struct columns hold several fields", f"flatten them (table.flatten()) {_SKIP_FIX}"
     return f"type {typ} has no fixed-width tensor layout", _SKIP_FIX.removeprefix("or ")
+
+
+def _is(kind: str, typ: pa.DataType) -> bool:
+    """``pa.types.is_<kind>(typ)``, False on a pyarrow too old to have that type."""
+    check = getattr(pa.types, f"is_{kind}", None)
+    return bool(check is not None and check(typ))
 
 
 def column_spec(name: str, typ: pa.DataType) -> ColumnSpec:

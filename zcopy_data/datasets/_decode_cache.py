@@ -44,7 +44,8 @@ def _stamp(source: str) -> dict[str, Any]:
 
 
 def _paths(source: str, cache_dir: Path, columns: Sequence[str] | None, kind: str) -> tuple[Path, Path]:
-    key = hashlib.sha256(f"{os.path.realpath(source)}|{columns}|{kind}|{_VERSION}".encode()).hexdigest()[:16]
+    cols = None if columns is None else list(columns)  # a tuple and a list of the same names share a cache
+    key = hashlib.sha256(f"{os.path.realpath(source)}|{cols}|{kind}|{_VERSION}".encode()).hexdigest()[:16]
     stem = Path(source).stem
     return cache_dir / f"{stem}.{key}.arrow", cache_dir / f"{stem}.{key}.json"
 
@@ -115,8 +116,10 @@ def _ipc_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema,
 def _progress(total: int, desc: str, show: bool) -> Any:
     if not show:
         return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a courtesy: decode without it
+        return contextlib.nullcontext(None)
     return tqdm(total=total, desc=desc, unit="chunk")
 
 
@@ -181,7 +184,8 @@ def decoded_cache(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    meta_path.write_text(json.dumps({"stamp": stamp, "cache_size": data_path.stat().st_size, "columns": columns}))
+    cols = None if columns is None else list(columns)
+    meta_path.write_text(json.dumps({"stamp": stamp, "cache_size": data_path.stat().st_size, "columns": cols}))
     what = "Parquet" if kind == "parquet" else "compressed IPC"
     for name, n in decoded.items():
         record("decode", name, f"{what} decoded once into the IPC cache {data_path.name}", copied=n)

@@ -19,7 +19,8 @@ from zcopy_data.datasets._errors import CorruptFileError
 
 __all__ = ["HAS_ARROW", "decode_into", "open_rgb"]
 
-HAS_ARROW = importlib.util.find_spec("pyarrow") is not None
+# Pillow >= 11.2 exports its pixel memory through the Arrow C data interface.
+HAS_ARROW = importlib.util.find_spec("pyarrow") is not None and hasattr(Image.Image, "__arrow_c_array__")
 
 
 def open_rgb(path: str, size: tuple[int, int], resample: Any) -> Image.Image:

@@ -62,7 +62,7 @@ def scan_folder(
     labels: list[int] = []
     empty = []
     for label, name in enumerate(classes):
-        found = []
+        found: list[tuple[str, str]] = []
         seen: set[str] = set()
         for folder, dirs, names in os.walk(os.path.join(root, name), followlinks=True):
             real = os.path.realpath(folder)
@@ -74,11 +74,11 @@ def scan_folder(
             for fname in names:
                 path = os.path.join(folder, fname)
                 if fname.lower().endswith(exts) and allowed(path):
-                    found.append(path)
+                    found.append((folder, fname))
         if not found:
             empty.append(name)
-        found.sort()
-        files += found
+        found.sort()  # by folder, then name: torchvision's order, so indices agree with ImageFolder's
+        files += [os.path.join(folder, fname) for folder, fname in found]
         labels += [label] * len(found)
     if not classes:
         raise FileNotFoundError(f"{root!r} has no class folders; expected root/<class>/<image files>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from zcopy_data._dtypes import to_torch_dtype
 from zcopy_data._mapping import file_array
 from zcopy_data.collate.buffers import allocate, nbytes
 from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
+from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
 from zcopy_data.datasets._errors import CorruptFileError, UnsupportedColumnError
 from zcopy_data.datasets.base import ZeroCopyDataset
@@ -111,10 +113,11 @@ def _check_byte_order(path: str, mapped: np.ndarray[Any, Any], batches: list[pa.
         )
 
 
-def _check_types(schema: pa.Schema) -> None:
+def _check_types(schema: pa.Schema, *, strings: str) -> None:
     """Refuse a column whose type can never be zero-copy before spending a decode on it."""
     for f in schema:
-        column_spec(f.name, f.type)
+        if not (strings == "list" and is_string_type(f.type)):
+            column_spec(f.name, f.type)
 
 
 def _chunks(
@@ -146,6 +149,8 @@ class ArrowDataset(ZeroCopyDataset):
         columns: the fields to serve, in this order (default: every column). Columns left out may
             have any type.
         copy: copy contiguous batches too (counted), so in-place ops never reach the mapping.
+        strings: ``"list"`` serves string columns as Python lists of ``str`` (copies, counted in
+            the ledger; not part of ``schema``); default ``"error"`` refuses them.
 
     Raises:
         UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
@@ -163,9 +168,19 @@ class ArrowDataset(ZeroCopyDataset):
        is served the same way; only building the cache decodes.
     """
 
-    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None, *, copy: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        *,
+        copy: bool = False,
+        strings: str = "error",
+    ):
+        if strings not in STRINGS:
+            raise ValueError(f"{strings=} should be one of {STRINGS}")
         self.path = os.fspath(path)
         self.copy = copy
+        self.strings = strings
         self._selected = None if columns is None else list(columns)
         self.origin = "IPC file"
         self.source = self.path
@@ -181,6 +196,7 @@ class ArrowDataset(ZeroCopyDataset):
         cache_dir: str | os.PathLike[str] | None = None,
         copy: bool = False,
         progress: bool | None = None,
+        strings: str = "error",
     ) -> ArrowDataset:
         """A Parquet file, decoded once into an IPC cache file and served zero-copy from it.
 
@@ -190,9 +206,14 @@ class ArrowDataset(ZeroCopyDataset):
         or off) and is counted once in the ledger (stage ``decode``).
         """
         cache, reused = decoded_cache(
-            path, kind="parquet", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+            path,
+            kind="parquet",
+            cache_dir=cache_dir,
+            columns=columns,
+            progress=progress,
+            check=partial(_check_types, strings=strings),
         )
-        ds = cls(cache, columns, copy=copy)
+        ds = cls(cache, columns, copy=copy, strings=strings)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a Parquet file"
         return ds
 
@@ -205,12 +226,18 @@ class ArrowDataset(ZeroCopyDataset):
         cache_dir: str | os.PathLike[str] | None = None,
         copy: bool = False,
         progress: bool | None = None,
+        strings: str = "error",
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
         cache, reused = decoded_cache(
-            path, kind="ipc", cache_dir=cache_dir, columns=columns, progress=progress, check=_check_types
+            path,
+            kind="ipc",
+            cache_dir=cache_dir,
+            columns=columns,
+            progress=progress,
+            check=partial(_check_types, strings=strings),
         )
-        ds = cls(cache, columns, copy=copy)
+        ds = cls(cache, columns, copy=copy, strings=strings)
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a compressed file"
         return ds
 
@@ -227,7 +254,8 @@ class ArrowDataset(ZeroCopyDataset):
             )
         if len(set(wanted)) != len(wanted):
             raise SchemaError(f"{self.path!r}: columns {wanted} name a column twice")
-        specs = [column_spec(n, schema.field(n).type) for n in wanted]
+        text = [n for n in wanted if self.strings == "list" and is_string_type(schema.field(n).type)]
+        specs = [column_spec(n, schema.field(n).type) for n in wanted if n not in text]
         _check_byte_order(self.path, mapped, batches)
         numbered = [(i, b) for i, b in enumerate(batches) if b.num_rows]  # empty record batches hold no rows
         starts = np.zeros(len(numbered) + 1, dtype=np.int64)
@@ -237,6 +265,8 @@ class ArrowDataset(ZeroCopyDataset):
         for spec in specs:
             views[spec.name], shape = _chunks(spec, numbered, mapped, starts)
             fields[spec.name] = Field(to_torch_dtype(spec.dtype), shape)
+        self._text = {n: StringColumn(n, numbered, schema.field(n).type) for n in text}
+        self._order = list(wanted)
         self._mapped = mapped
         self._views = views
         self._starts = starts
@@ -294,13 +324,25 @@ class ArrowDataset(ZeroCopyDataset):
         i = int(index)
         if not -self._n <= i < self._n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {self._n} samples", index=i)
-        c, k = self._locate(i % self._n)
-        return {name: chunks[c][k] for name, chunks in self._views.items()}
+        i %= self._n
+        c, k = self._locate(i)
+        out = {name: chunks[c][k] for name, chunks in self._views.items()}
+        out.update((name, col.item(i)) for name, col in self._text.items())
+        return {name: out[name] for name in self._order}
 
-    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
         """One view when ``run`` lies inside one record batch, else one gather per field."""
+        out = self._gather_tensors(indices, run)
+        if not self._text:
+            return out
+        out.update((name, col.take(indices, STAGE, self.origin)) for name, col in self._text.items())
+        return {name: out[name] for name in self._order}
+
+    def _gather_tensors(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
         starts = self._starts
         out = {}
+        if indices.size == 0:
+            return {n: torch.empty((0, *(d or 0 for d in f.shape)), dtype=f.dtype) for n, f in self.schema.items()}
         if run is not None and not self.copy:
             c, k = self._locate(run[0])
             if run[1] <= int(starts[c + 1]):
@@ -334,7 +376,7 @@ class ArrowDataset(ZeroCopyDataset):
     # -- pickling: workers map the file themselves ----------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("_mapped", "_views", "_sources", "_starts"):
+        for key in ("_mapped", "_views", "_sources", "_starts", "_text"):
             state.pop(key, None)
         return state
 
