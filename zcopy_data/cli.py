@@ -1,4 +1,4 @@
-"""``zcopy-data``: ``demo``, ``bench`` and ``explain`` from the command line."""
+"""``zcopy-data``: ``demo``, ``bench``, ``explain`` and ``inspect`` from the command line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from zcopy_data.inspect import add_inspect_parser
 
 __all__ = ["main"]
 
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--workers", type=int, default=0)
     exp.add_argument("--shuffle", action="store_true")
     exp.set_defaults(func=_cmd_explain)
+
+    add_inspect_parser(sub)
     return parser
 
 
