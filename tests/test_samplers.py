@@ -153,13 +153,17 @@ def test_distributed_sampler_keeps_working(npy_files):
 
 
 def _ddp_rank(rank: int, init: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    import os
+
     import torch.distributed as dist
 
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # both ranks on this machine: loopback only
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         s = BlockShuffleSampler(50, 8)
         s.set_epoch(1)
         queue.put((rank, s.num_replicas, s.rank, list(s)))
+        dist.barrier()  # neither rank tears down while the other is still connecting
     finally:
         dist.destroy_process_group()
 
