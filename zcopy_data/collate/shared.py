@@ -139,6 +139,7 @@ class WorkerBufferPool:
     pid: int = field(default_factory=os.getpid)
     slots: dict[int, Slot] = field(default_factory=dict)
     by_ptr: dict[int, Slot] = field(default_factory=dict)
+    ordered: list[Slot] = field(default_factory=list)  # by capacity, ascending
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -148,7 +149,7 @@ class WorkerBufferPool:
 
     def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of ``shape``/``dtype`` in a free buffer of the pool (grown when none fits)."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         need = max(1, math.prod(shape) * itemsize)
         deadline = None
         while True:
@@ -170,10 +171,12 @@ class WorkerBufferPool:
 
     def _take(self, need: int) -> Slot | None:
         with self._lock:
-            free = sorted((s for s in self.slots.values() if s.capacity >= need and s.is_free()), key=_capacity)
-            fitting = [s for s in free if s.capacity <= 2 * need + 16 * _PAGE]
-            if fitting:
-                return fitting[0]
+            well_sized = 2 * need + 16 * _PAGE
+            for s in self.ordered:  # ascending capacity: the first free one that fits wastes least
+                if s.capacity > well_sized:
+                    break
+                if s.capacity >= need and s.is_free():
+                    return s
             capacity = -(-need // _PAGE) * _PAGE
             if capacity + HEADER_BYTES > self.config.max_bytes:
                 raise SharedMemoryExhaustedError(
@@ -181,16 +184,17 @@ class WorkerBufferPool:
                     f"more than the {self.config.max_bytes} B a worker may hold; raise "
                     "ZCOPY_DATA_WORKER_SHM_BYTES or lower the batch size"
                 )
-            # make room by dropping free buffers that are the wrong size
-            for s in sorted(
-                (s for s in self.slots.values() if s.is_free()), key=lambda s: abs(s.capacity - need), reverse=True
-            ):
+            free = [s for s in self.ordered if s.is_free()]
+            # make room by dropping free buffers of the wrong size, the most different first
+            for s in sorted(free, key=lambda s: abs(s.capacity - need), reverse=True):
                 if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
                     break
-                self._drop(s)
+                if s.capacity < need or s.capacity > well_sized:
+                    self._drop(s)
             if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
                 return self._create(capacity)
-            return free[0] if free else None
+            bigger = [s for s in free if s.capacity >= need and s.index in self.slots]
+            return bigger[0] if bigger else None
 
     def _create(self, capacity: int) -> Slot:
         size = capacity + HEADER_BYTES
@@ -218,12 +222,14 @@ class WorkerBufferPool:
         self._next += 1
         self.slots[slot.index] = slot
         self.by_ptr[slot.data_ptr] = slot
+        self.ordered = sorted(self.slots.values(), key=_capacity)
         return slot
 
     def _drop(self, slot: Slot) -> None:
         slot.header[DROPPED] = 1  # tells the main process it may unmap its copy
         del self.slots[slot.index]
         del self.by_ptr[slot.data_ptr]
+        self.ordered = [s for s in self.ordered if s is not slot]
 
     def slot_of(self, t: torch.Tensor) -> Slot | None:
         """The slot whose storage ``t`` views, if any."""
