@@ -55,13 +55,13 @@ def _worker(cmd: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
     first = pool.slots[0]
     while (msg := cmd.get()) != "stop":
         if msg == "peek":  # read through this process's own mapping (a temporary view)
-            out.put(float(torch.empty(0, dtype=torch.float32).set_(first.storage, shared.HEADER_BYTES // 4, (1,))))
+            out.put(float(shared.tensor_over(first.storage, shared.HEADER_BYTES, (1,), torch.float32)))
         elif msg == "free?":
             out.put(first.is_free())
         elif msg == "again":
             b = pool.allocate((8, 3), torch.float32)
             _rebuild, (handle, storage) = crossing._reduce_tensor(b)
-            out.put((b.data_ptr() == first.data_ptr + shared.HEADER_BYTES, handle.index, storage is None))
+            out.put((b.data_ptr() == first.data_ptr + shared.HEADER_BYTES, handle.slot, storage is None))
 
 
 def test_handed_off_buffer_waits_for_every_view_in_the_receiver(pool):  # noqa: ARG001

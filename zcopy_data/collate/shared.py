@@ -44,6 +44,7 @@ __all__ = [
     "WorkerBufferPool",
     "allocate_shared",
     "current_pool",
+    "tensor_over",
 ]
 
 HEADER_BYTES = 64  # int64 cells, then the data, 64-byte aligned for every dtype
@@ -94,6 +95,17 @@ class PoolConfig:
             max_bytes=int(_env_number("ZCOPY_DATA_WORKER_SHM_BYTES", cls.max_bytes)),
             wait_s=_env_number("ZCOPY_DATA_WORKER_SHM_WAIT_S", cls.wait_s),
         )
+
+
+def tensor_over(
+    storage: torch.UntypedStorage, byte_offset: int, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """A contiguous tensor of ``shape``/``dtype`` over ``storage`` from ``byte_offset`` (no copy)."""
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape, stride[::-1])
 
 
 def _use_count(storage: torch.UntypedStorage) -> int:
@@ -155,7 +167,7 @@ class WorkerBufferPool:
         while True:
             slot = self._take(need)
             if slot is not None:
-                return torch.empty(0, dtype=dtype).set_(slot.storage, HEADER_BYTES // itemsize, shape)
+                return tensor_over(slot.storage, HEADER_BYTES, shape, dtype)
             now = time.monotonic()
             deadline = now + self.config.wait_s if deadline is None else deadline
             if now >= deadline:
@@ -205,8 +217,8 @@ class WorkerBufferPool:
                 f"{space[0]} B free of {space[1]} B; enlarge it (docker run --shm-size=..., or mount "
                 "a bigger tmpfs), use fewer workers, or lower the batch size"
             )
-        storage = torch.UntypedStorage._new_shared(size)
-        if tmp.get_sharing_strategy() == "file_descriptor":
+        storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
+        if tmp.get_sharing_strategy() == "file_descriptor":  # type: ignore[no-untyped-call]
             fd, _ = storage._share_fd_cpu_()
             try:
                 os.posix_fallocate(fd, 0, size)  # reserve the pages now: ENOSPC here, not SIGBUS later
@@ -215,8 +227,8 @@ class WorkerBufferPool:
                     f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
                     f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
                 ) from None
-        torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,)).zero_()  # fault every page in once
-        header = torch.empty(0, dtype=torch.int64).set_(storage, 0, (HEADER_BYTES // 8,)).numpy()
+        tensor_over(storage, 0, (size,), torch.uint8).zero_()  # fault every page in once
+        header = tensor_over(storage, 0, (HEADER_BYTES // 8,), torch.int64).numpy()
         slot = Slot(self._next, storage, capacity, header)
         slot.baseline = _use_count(storage)
         self._next += 1
