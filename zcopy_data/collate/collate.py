@@ -31,6 +31,7 @@ from zcopy_data.strict import strict_asarray
 __all__ = ["zero_copy_collate"]
 
 STAGE = "collate"
+_PY_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64}  # what default_collate makes
 
 
 def zero_copy_collate(batch: Any) -> Any:
@@ -113,7 +114,12 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         return _stack_scalars(batch, path, indices)
     if isinstance(elem, (bool, int, float)):
         _check_same_type(batch, path, indices)
-        out = default_collate(batch)
+        dtype = _PY_DTYPES.get(type(elem))
+        if dtype is None or get_worker_info() is None:
+            out = default_collate(batch)
+        else:  # straight into a pooled shared buffer, so it crosses as a handle
+            out = allocate((len(batch),), dtype)
+            out.numpy()[:] = batch
         record(STAGE, path or "<sample>", "copy: Python numbers", copied=nbytes(out))
         return out
     if isinstance(elem, (str, bytes)):

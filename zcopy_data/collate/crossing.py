@@ -98,16 +98,19 @@ class _Handle(NamedTuple):
 class _MappedSlot:
     """The main process's mapping of one worker buffer, kept while the worker lives."""
 
-    __slots__ = ("__weakref__", "bytes", "header", "lock", "storage")
+    __slots__ = ("__weakref__", "bytes", "header", "lock", "pid", "storage")
 
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage = storage
+        self.pid = os.getpid()
         whole = shared.tensor_over(storage, 0, (storage.nbytes(),), torch.uint8)
         self.bytes: np.ndarray[Any, Any] = whole.numpy()
         self.header: np.ndarray[Any, Any] = self.bytes[: shared.HEADER_BYTES].view(np.int64)
         self.lock = threading.Lock()
 
     def release(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child freeing its inherited copy of a batch: the parent still holds it
         with self.lock:  # finalizers may run on the pin-memory thread and the main thread
             self.header[shared.RELEASED] += 1
 
@@ -153,7 +156,7 @@ def _rebuild_pooled(h: _Handle, storage: torch.UntypedStorage | None) -> torch.T
         )
     nbytes = (sum((s - 1) * st for s, st in zip(h.shape, h.stride, strict=True)) + 1) * h.dtype.itemsize
     owner = slot.bytes[h.offset : h.offset + nbytes]  # a fresh array: alive while any view of the batch is
-    weakref.finalize(owner, slot.release)
+    weakref.finalize(owner, slot.release).atexit = False  # nobody reuses buffers after exit
     flat = torch.from_numpy(owner)
     if h.dtype != torch.uint8:
         flat = flat.view(h.dtype)
