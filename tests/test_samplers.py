@@ -184,3 +184,12 @@ def test_defaults_come_from_torch_distributed(tmp_path: Path):
         assert (replicas, got_rank) == (2, rank)
         assert batches == expected[rank]
     assert torch.tensor(sorted(i for *_, b in results for x in b for i in x)).equal(torch.arange(50))
+
+
+def test_lightning_reaches_set_epoch(npy_files):
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    ds = NumpyDataset({k: str(v) for k, v in npy_files.items()})
+    sampler = BlockShuffleSampler(ds, 10)
+    _set_sampler_epoch(DataLoader(ds, batch_sampler=sampler, collate_fn=zero_copy_collate), 4)
+    assert sampler.epoch == 4
