@@ -89,12 +89,17 @@ def _record_crossing(batch: Any) -> None:
 
 
 def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
-    if not loader.pin_memory:
-        return
+    """Whether the pin stage was free (gathered into pinned memory), a copy, or skipped."""
+    from zcopy_data.transfer.pinned import is_pinned_gather  # lazy: transfer imports the collate package
+
     for name, t in _tensors(batch):
         if t.device.type != "cpu":
             continue
-        if t.is_pinned():
+        if is_pinned_gather(t):
+            record("pin", name, "free: gathered straight into pinned memory", viewed=nbytes(t))
+        elif not loader.pin_memory:
+            continue
+        elif t.is_pinned():
             record("pin", name, "DataLoader pin_memory=True: pin thread copied into pinned memory", copied=nbytes(t))
         else:
             record("pin", name, "skipped: no accelerator to pin for", viewed=nbytes(t))

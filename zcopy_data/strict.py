@@ -122,6 +122,8 @@ def strict_asarray(
     want = None if dtype is None else to_torch_dtype(dtype)
     dev = as_device(device)
     if copy:
+        if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in "OUSV":
+            obj = np.array(obj, dtype=obj.dtype.newbyteorder("="))  # native order, positive strides
         return torch.asarray(obj, dtype=want, device=dev, copy=True)
 
     if isinstance(obj, torch.Tensor):
@@ -172,9 +174,12 @@ def strict_asarray(
             return torch.asarray(arr, copy=False)
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            out = torch.asarray(obj, dtype=want, device=dev, copy=False)
+        if hasattr(obj, "__dlpack__"):
+            out = torch.from_dlpack(obj)  # DLPack is zero-copy by contract
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                out = torch.asarray(obj, dtype=want, device=dev, copy=False)
     except (ValueError, TypeError, RuntimeError) as err:
         raise _fail(
             field,
@@ -185,4 +190,6 @@ def strict_asarray(
         ) from None
     if want is not None and out.dtype != want:
         raise _fail(field, index, dtype_name(want), dtype_name(out.dtype), "Produce the declared dtype.")
+    if dev is not None and out.device != dev and not (dev.index is None and out.device.type == dev.type):
+        raise _fail(field, index, f"data on {dev}", f"data on {out.device}", "Move it with a device stage.")
     return out
