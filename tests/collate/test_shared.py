@@ -140,3 +140,16 @@ def test_config_comes_from_the_environment(monkeypatch):
         PoolConfig.from_env()
     with pytest.raises(ValueError, match="max_bytes=0"):
         PoolConfig(max_bytes=0)
+
+
+def test_a_full_dev_shm_waits_for_a_release_then_says_why(monkeypatch):
+    p = WorkerBufferPool(PoolConfig(max_bytes=1 << 20, wait_s=0.05))
+    first = p.allocate((1024,), torch.uint8)  # one buffer exists and is held
+    monkeypatch.setattr(shared, "_shm_free", lambda: (1000, 2000))  # then /dev/shm fills up
+    with pytest.raises(
+        SharedMemoryExhaustedError, match=r"has only 1000 B free of 2000 B.*waited 0.05 s for one of the 1"
+    ):
+        p.allocate((1024,), torch.uint8)
+    del first
+    assert p.allocate((1024,), torch.uint8).is_shared()  # freed: reused without growing
+    assert len(p.slots) == 1

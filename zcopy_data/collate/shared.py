@@ -15,10 +15,14 @@ A segment is reused only when it is free on both sides:
   counts releases in another (each cell has a single writer, so no cross-process lock).
 
 A user who holds many batches makes the pool grow, up to ``ZCOPY_DATA_WORKER_SHM_BYTES`` per
-worker (default 1 GiB); beyond it the worker waits up to ``ZCOPY_DATA_WORKER_SHM_WAIT_S``
-seconds (default 30) for a release, then raises :class:`SharedMemoryExhaustedError` with the
-byte counts. Segments are unlinked right after creation (PyTorch's ``file_descriptor``
-strategy), so nothing is left in ``/dev/shm`` even when a worker is killed.
+worker (default 1 GiB) and while ``/dev/shm`` has room; beyond either, the worker waits up to
+``ZCOPY_DATA_WORKER_SHM_WAIT_S`` seconds (default 30) for a release, then raises
+:class:`SharedMemoryExhaustedError` with the byte counts. Segments are unlinked right after
+creation (PyTorch's ``file_descriptor`` strategy), so nothing is left in ``/dev/shm`` even when
+a worker is killed.
+
+.. note:: The main process keeps its mapping of a worker's buffers until it next meets a new
+   buffer and finds that worker gone (a few buffers per worker, a few batches' worth of memory).
 """
 
 from __future__ import annotations
@@ -153,6 +157,7 @@ class WorkerBufferPool:
     by_ptr: dict[int, Slot] = field(default_factory=dict)
     ordered: list[Slot] = field(default_factory=list)  # by capacity, ascending
     _next: int = 0
+    _shm_full: str = ""  # why the last try to grow failed, while waiting for a release
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -167,11 +172,17 @@ class WorkerBufferPool:
         while True:
             slot = self._take(need)
             if slot is not None:
+                self._shm_full = ""
                 return tensor_over(slot.storage, HEADER_BYTES, shape, dtype)
             now = time.monotonic()
             deadline = now + self.config.wait_s if deadline is None else deadline
             if now >= deadline:
                 held = sum(1 for s in self.slots.values() if not s.is_free())
+                if self._shm_full:
+                    raise SharedMemoryExhaustedError(
+                        f"{self._shm_full}; waited {self.config.wait_s:g} s for one of the {held} buffers "
+                        f"({self.held_bytes} B) still referenced by batches to be freed"
+                    )
                 raise SharedMemoryExhaustedError(
                     f"a DataLoader worker needs {need} B of shared memory for a batch, but its pool already "
                     f"holds {self.held_bytes} B of the {self.config.max_bytes} B allowed, in {len(self.slots)} "
@@ -204,7 +215,12 @@ class WorkerBufferPool:
                 if s.capacity < need or s.capacity > well_sized:
                     self._drop(s)
             if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
-                return self._create(capacity)
+                try:
+                    return self._create(capacity)
+                except SharedMemoryExhaustedError as err:
+                    if all(s.is_free() for s in self.ordered):
+                        raise  # nothing held elsewhere will come back: waiting cannot help
+                    self._shm_full = str(err)  # back-pressure: wait for the main process to free one
             bigger = [s for s in free if s.capacity >= need and s.index in self.slots]
             return bigger[0] if bigger else None
 
