@@ -27,6 +27,7 @@ a worker is killed.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import secrets
@@ -239,10 +240,12 @@ class WorkerBufferPool:
             try:
                 os.posix_fallocate(fd, 0, size)  # reserve the pages now: ENOSPC here, not SIGBUS later
             except OSError as err:
-                raise SharedMemoryExhaustedError(
-                    f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
-                    f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
-                ) from None
+                # elsewhere (no fallocate on this filesystem) the free-space check above has to do
+                if err.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                    raise SharedMemoryExhaustedError(
+                        f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
+                        f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
+                    ) from None
         tensor_over(storage, 0, (size,), torch.uint8).zero_()  # fault every page in once
         header = tensor_over(storage, 0, (HEADER_BYTES // 8,), torch.int64).numpy()
         slot = Slot(self._next, storage, capacity, header)
