@@ -153,13 +153,17 @@ def test_distributed_sampler_keeps_working(npy_files):
 
 
 def _ddp_rank(rank: int, init: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    import os
+
     import torch.distributed as dist
 
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # both ranks on this machine: loopback only
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         s = BlockShuffleSampler(50, 8)
         s.set_epoch(1)
         queue.put((rank, s.num_replicas, s.rank, list(s)))
+        dist.barrier()  # neither rank tears down while the other is still connecting
     finally:
         dist.destroy_process_group()
 
@@ -180,3 +184,12 @@ def test_defaults_come_from_torch_distributed(tmp_path: Path):
         assert (replicas, got_rank) == (2, rank)
         assert batches == expected[rank]
     assert torch.tensor(sorted(i for *_, b in results for x in b for i in x)).equal(torch.arange(50))
+
+
+def test_lightning_reaches_set_epoch(npy_files):
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    ds = NumpyDataset({k: str(v) for k, v in npy_files.items()})
+    sampler = BlockShuffleSampler(ds, 10)
+    _set_sampler_epoch(DataLoader(ds, batch_sampler=sampler, collate_fn=zero_copy_collate), 4)
+    assert sampler.epoch == 4

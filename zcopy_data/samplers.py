@@ -47,6 +47,9 @@ class BlockShuffleSampler(Sampler[list[int]]):
       ``batch_size`` samples and every rank the same number of batches. The dropped samples
       change from epoch to epoch.
 
+    With Lightning, pass ``Trainer(use_distributed_sampler=False)``: the sampler already splits
+    the data across ranks, and Lightning's ``set_epoch`` calls reach it.
+
     Args:
         dataset_or_len: the dataset (anything with ``len``) or its length.
         batch_size: samples per batch (before any split described above).
@@ -111,6 +114,11 @@ class BlockShuffleSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next ``iter()`` yields (call it before every epoch)."""
         self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> BlockShuffleSampler:
+        """Itself: Lightning (and others) call ``loader.batch_sampler.sampler.set_epoch(epoch)``."""
+        return self
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (the same on every rank)."""

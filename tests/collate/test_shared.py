@@ -55,13 +55,13 @@ def _worker(cmd: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
     first = pool.slots[0]
     while (msg := cmd.get()) != "stop":
         if msg == "peek":  # read through this process's own mapping (a temporary view)
-            out.put(float(torch.empty(0, dtype=torch.float32).set_(first.storage, shared.HEADER_BYTES // 4, (1,))))
+            out.put(float(shared.tensor_over(first.storage, shared.HEADER_BYTES, (1,), torch.float32)))
         elif msg == "free?":
             out.put(first.is_free())
         elif msg == "again":
             b = pool.allocate((8, 3), torch.float32)
             _rebuild, (handle, storage) = crossing._reduce_tensor(b)
-            out.put((b.data_ptr() == first.data_ptr + shared.HEADER_BYTES, handle.index, storage is None))
+            out.put((b.data_ptr() == first.data_ptr + shared.HEADER_BYTES, handle.slot, storage is None))
 
 
 def test_handed_off_buffer_waits_for_every_view_in_the_receiver(pool):  # noqa: ARG001
@@ -140,3 +140,16 @@ def test_config_comes_from_the_environment(monkeypatch):
         PoolConfig.from_env()
     with pytest.raises(ValueError, match="max_bytes=0"):
         PoolConfig(max_bytes=0)
+
+
+def test_a_full_dev_shm_waits_for_a_release_then_says_why(monkeypatch):
+    p = WorkerBufferPool(PoolConfig(max_bytes=1 << 20, wait_s=0.05))
+    first = p.allocate((1024,), torch.uint8)  # one buffer exists and is held
+    monkeypatch.setattr(shared, "_shm_free", lambda: (1000, 2000))  # then /dev/shm fills up
+    with pytest.raises(
+        SharedMemoryExhaustedError, match=r"has only 1000 B free of 2000 B.*waited 0.05 s for one of the 1"
+    ):
+        p.allocate((1024,), torch.uint8)
+    del first
+    assert p.allocate((1024,), torch.uint8).is_shared()  # freed: reused without growing
+    assert len(p.slots) == 1

@@ -64,7 +64,7 @@ def crossing_of(t: torch.Tensor) -> str:
             return "handle"
         if describe_file_view(t) is not None:
             return "descriptor"
-    return "shared" if t.is_shared() else "copy"
+    return "shared" if t.is_shared() else "copy"  # type: ignore[no-untyped-call]
 
 
 def _reduce_tensor(t: torch.Tensor) -> Any:
@@ -75,20 +75,20 @@ def _reduce_tensor(t: torch.Tensor) -> Any:
             # count the hand-off before the worker drops its reference (single writer: this cell)
             slot.header[shared.SENT] += 1
             storage = None if slot.header[shared.ACKED] else slot.storage
-            offset = t.storage_offset() * t.element_size()
+            offset = int(t.storage_offset()) * t.element_size()
             handle = _Handle(pool.token, pool.pid, slot.index, offset, tuple(t.shape), tuple(t.stride()), t.dtype)
             return _rebuild_pooled, (handle, storage)
         d = describe_file_view(t)
         if d is not None:
             return rebuild_file_view, (d.path, d.key, d.offset, d.shape, d.stride, d.dtype)
-    return _torch_reduce_tensor(t)
+    return _torch_reduce_tensor(t)  # type: ignore[no-untyped-call]
 
 
 # -- main process ----------------------------------------------------------------------------
 class _Handle(NamedTuple):
     token: int
     pid: int
-    index: int
+    slot: int
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
@@ -98,16 +98,19 @@ class _Handle(NamedTuple):
 class _MappedSlot:
     """The main process's mapping of one worker buffer, kept while the worker lives."""
 
-    __slots__ = ("__weakref__", "bytes", "header", "lock", "storage")
+    __slots__ = ("__weakref__", "bytes", "header", "lock", "pid", "storage")
 
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage = storage
-        whole = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+        self.pid = os.getpid()
+        whole = shared.tensor_over(storage, 0, (storage.nbytes(),), torch.uint8)
         self.bytes: np.ndarray[Any, Any] = whole.numpy()
         self.header: np.ndarray[Any, Any] = self.bytes[: shared.HEADER_BYTES].view(np.int64)
         self.lock = threading.Lock()
 
     def release(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child freeing its inherited copy of a batch: the parent still holds it
         with self.lock:  # finalizers may run on the pin-memory thread and the main thread
             self.header[shared.RELEASED] += 1
 
@@ -136,24 +139,24 @@ def _register(h: _Handle, storage: torch.UntypedStorage) -> _MappedSlot:
             del _mapped[key]
         for tok in dead:
             del _pids[tok]
-        _mapped[(h.token, h.index)] = slot
+        _mapped[(h.token, h.slot)] = slot
         _pids[h.token] = h.pid
     slot.header[shared.ACKED] = 1  # the worker stops sending the storage itself
     return slot
 
 
 def _rebuild_pooled(h: _Handle, storage: torch.UntypedStorage | None) -> torch.Tensor:
-    slot = _mapped.get((h.token, h.index))
+    slot = _mapped.get((h.token, h.slot))
     if storage is not None and (slot is None or slot.storage.data_ptr() != storage.data_ptr()):
         slot = _register(h, storage)
     if slot is None:
         raise RuntimeError(
-            f"a batch from DataLoader worker pid {h.pid} refers to shared buffer {h.index} that this "
+            f"a batch from DataLoader worker pid {h.pid} refers to shared buffer {h.slot} that this "
             "process never received; batches from a worker must be unpickled by one process"
         )
     nbytes = (sum((s - 1) * st for s, st in zip(h.shape, h.stride, strict=True)) + 1) * h.dtype.itemsize
     owner = slot.bytes[h.offset : h.offset + nbytes]  # a fresh array: alive while any view of the batch is
-    weakref.finalize(owner, slot.release)
+    weakref.finalize(owner, slot.release).atexit = False  # nobody reuses buffers after exit
     flat = torch.from_numpy(owner)
     if h.dtype != torch.uint8:
         flat = flat.view(h.dtype)

@@ -15,14 +15,19 @@ A segment is reused only when it is free on both sides:
   counts releases in another (each cell has a single writer, so no cross-process lock).
 
 A user who holds many batches makes the pool grow, up to ``ZCOPY_DATA_WORKER_SHM_BYTES`` per
-worker (default 1 GiB); beyond it the worker waits up to ``ZCOPY_DATA_WORKER_SHM_WAIT_S``
-seconds (default 30) for a release, then raises :class:`SharedMemoryExhaustedError` with the
-byte counts. Segments are unlinked right after creation (PyTorch's ``file_descriptor``
-strategy), so nothing is left in ``/dev/shm`` even when a worker is killed.
+worker (default 1 GiB) and while ``/dev/shm`` has room; beyond either, the worker waits up to
+``ZCOPY_DATA_WORKER_SHM_WAIT_S`` seconds (default 30) for a release, then raises
+:class:`SharedMemoryExhaustedError` with the byte counts. Segments are unlinked right after
+creation (PyTorch's ``file_descriptor`` strategy), so nothing is left in ``/dev/shm`` even when
+a worker is killed.
+
+.. note:: The main process keeps its mapping of a worker's buffers until it next meets a new
+   buffer and finds that worker gone (a few buffers per worker, a few batches' worth of memory).
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import secrets
@@ -44,6 +49,7 @@ __all__ = [
     "WorkerBufferPool",
     "allocate_shared",
     "current_pool",
+    "tensor_over",
 ]
 
 HEADER_BYTES = 64  # int64 cells, then the data, 64-byte aligned for every dtype
@@ -96,6 +102,17 @@ class PoolConfig:
         )
 
 
+def tensor_over(
+    storage: torch.UntypedStorage, byte_offset: int, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """A contiguous tensor of ``shape``/``dtype`` over ``storage`` from ``byte_offset`` (no copy)."""
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape, stride[::-1])
+
+
 def _use_count(storage: torch.UntypedStorage) -> int:
     return int(torch._C._storage_Use_Count(storage._cdata))
 
@@ -139,7 +156,9 @@ class WorkerBufferPool:
     pid: int = field(default_factory=os.getpid)
     slots: dict[int, Slot] = field(default_factory=dict)
     by_ptr: dict[int, Slot] = field(default_factory=dict)
+    ordered: list[Slot] = field(default_factory=list)  # by capacity, ascending
     _next: int = 0
+    _shm_full: str = ""  # why the last try to grow failed, while waiting for a release
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -148,17 +167,23 @@ class WorkerBufferPool:
 
     def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of ``shape``/``dtype`` in a free buffer of the pool (grown when none fits)."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         need = max(1, math.prod(shape) * itemsize)
         deadline = None
         while True:
             slot = self._take(need)
             if slot is not None:
-                return torch.empty(0, dtype=dtype).set_(slot.storage, HEADER_BYTES // itemsize, shape)
+                self._shm_full = ""
+                return tensor_over(slot.storage, HEADER_BYTES, shape, dtype)
             now = time.monotonic()
             deadline = now + self.config.wait_s if deadline is None else deadline
             if now >= deadline:
                 held = sum(1 for s in self.slots.values() if not s.is_free())
+                if self._shm_full:
+                    raise SharedMemoryExhaustedError(
+                        f"{self._shm_full}; waited {self.config.wait_s:g} s for one of the {held} buffers "
+                        f"({self.held_bytes} B) still referenced by batches to be freed"
+                    )
                 raise SharedMemoryExhaustedError(
                     f"a DataLoader worker needs {need} B of shared memory for a batch, but its pool already "
                     f"holds {self.held_bytes} B of the {self.config.max_bytes} B allowed, in {len(self.slots)} "
@@ -170,10 +195,12 @@ class WorkerBufferPool:
 
     def _take(self, need: int) -> Slot | None:
         with self._lock:
-            free = sorted((s for s in self.slots.values() if s.capacity >= need and s.is_free()), key=_capacity)
-            fitting = [s for s in free if s.capacity <= 2 * need + 16 * _PAGE]
-            if fitting:
-                return fitting[0]
+            well_sized = 2 * need + 16 * _PAGE
+            for s in self.ordered:  # ascending capacity: the first free one that fits wastes least
+                if s.capacity > well_sized:
+                    break
+                if s.capacity >= need and s.is_free():
+                    return s
             capacity = -(-need // _PAGE) * _PAGE
             if capacity + HEADER_BYTES > self.config.max_bytes:
                 raise SharedMemoryExhaustedError(
@@ -181,16 +208,22 @@ class WorkerBufferPool:
                     f"more than the {self.config.max_bytes} B a worker may hold; raise "
                     "ZCOPY_DATA_WORKER_SHM_BYTES or lower the batch size"
                 )
-            # make room by dropping free buffers that are the wrong size
-            for s in sorted(
-                (s for s in self.slots.values() if s.is_free()), key=lambda s: abs(s.capacity - need), reverse=True
-            ):
+            free = [s for s in self.ordered if s.is_free()]
+            # make room by dropping free buffers of the wrong size, the most different first
+            for s in sorted(free, key=lambda s: abs(s.capacity - need), reverse=True):
                 if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
                     break
-                self._drop(s)
+                if s.capacity < need or s.capacity > well_sized:
+                    self._drop(s)
             if self.held_bytes + capacity + HEADER_BYTES <= self.config.max_bytes:
-                return self._create(capacity)
-            return free[0] if free else None
+                try:
+                    return self._create(capacity)
+                except SharedMemoryExhaustedError as err:
+                    if all(s.is_free() for s in self.ordered):
+                        raise  # nothing held elsewhere will come back: waiting cannot help
+                    self._shm_full = str(err)  # back-pressure: wait for the main process to free one
+            bigger = [s for s in free if s.capacity >= need and s.index in self.slots]
+            return bigger[0] if bigger else None
 
     def _create(self, capacity: int) -> Slot:
         size = capacity + HEADER_BYTES
@@ -201,29 +234,33 @@ class WorkerBufferPool:
                 f"{space[0]} B free of {space[1]} B; enlarge it (docker run --shm-size=..., or mount "
                 "a bigger tmpfs), use fewer workers, or lower the batch size"
             )
-        storage = torch.UntypedStorage._new_shared(size)
-        if tmp.get_sharing_strategy() == "file_descriptor":
+        storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
+        if tmp.get_sharing_strategy() == "file_descriptor":  # type: ignore[no-untyped-call]
             fd, _ = storage._share_fd_cpu_()
             try:
                 os.posix_fallocate(fd, 0, size)  # reserve the pages now: ENOSPC here, not SIGBUS later
             except OSError as err:
-                raise SharedMemoryExhaustedError(
-                    f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
-                    f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
-                ) from None
-        torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,)).zero_()  # fault every page in once
-        header = torch.empty(0, dtype=torch.int64).set_(storage, 0, (HEADER_BYTES // 8,)).numpy()
+                # elsewhere (no fallocate on this filesystem) the free-space check above has to do
+                if err.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                    raise SharedMemoryExhaustedError(
+                        f"a DataLoader worker could not reserve a {size} B shared-memory buffer ({err.strerror}); "
+                        f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
+                    ) from None
+        tensor_over(storage, 0, (size,), torch.uint8).zero_()  # fault every page in once
+        header = tensor_over(storage, 0, (HEADER_BYTES // 8,), torch.int64).numpy()
         slot = Slot(self._next, storage, capacity, header)
         slot.baseline = _use_count(storage)
         self._next += 1
         self.slots[slot.index] = slot
         self.by_ptr[slot.data_ptr] = slot
+        self.ordered = sorted(self.slots.values(), key=_capacity)
         return slot
 
     def _drop(self, slot: Slot) -> None:
         slot.header[DROPPED] = 1  # tells the main process it may unmap its copy
         del self.slots[slot.index]
         del self.by_ptr[slot.data_ptr]
+        self.ordered = [s for s in self.ordered if s is not slot]
 
     def slot_of(self, t: torch.Tensor) -> Slot | None:
         """The slot whose storage ``t`` views, if any."""
