@@ -9,39 +9,58 @@
 (torch.Size([8, 3, 8, 8]), torch.int64)
 """
 
+from typing import TYPE_CHECKING
+
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.datasets import NumpyDataset, ZeroCopyDataset
 from zcopy_data.errors import (
     CopyRequiredError,
+    CorruptFileError,
     DtypeDriftError,
+    PoolExhaustedError,
     SampleIndexError,
     SchemaError,
     ShapeMismatchError,
+    SharedMemoryExhaustedError,
+    SkippedFileWarning,
+    UnsupportedColumnError,
     ZeroCopyError,
 )
 from zcopy_data.explain import explain
 from zcopy_data.ledger import LEDGER, CopyLedger
+from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
 from zcopy_data.transfer import Cast, DeviceCast, DevicePrefetcher, PinnedBufferPool, to_device, validate_cast
+
+if TYPE_CHECKING:
+    from zcopy_data.datasets import ArrowDataset, ImageFolderDataset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LEDGER",
+    "ArrowDataset",
+    "BlockShuffleSampler",
     "Cast",
     "CopyLedger",
     "CopyRequiredError",
+    "CorruptFileError",
     "DeviceCast",
     "DevicePrefetcher",
     "DtypeDriftError",
     "Field",
+    "ImageFolderDataset",
     "NumpyDataset",
     "PinnedBufferPool",
+    "PoolExhaustedError",
     "SampleIndexError",
     "Schema",
     "SchemaError",
     "ShapeMismatchError",
+    "SharedMemoryExhaustedError",
+    "SkippedFileWarning",
+    "UnsupportedColumnError",
     "ZeroCopyDataset",
     "ZeroCopyError",
     "__version__",
@@ -51,3 +70,12 @@ __all__ = [
     "validate_cast",
     "zero_copy_collate",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ArrowDataset needs pyarrow and ImageFolderDataset Pillow (optional extras): imported on first use.
+    if name in ("ArrowDataset", "ImageFolderDataset"):
+        import zcopy_data.datasets as datasets
+
+        return getattr(datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,11 +3,17 @@
 ::
 
     ZeroCopyError
-    ├── SchemaError (ValueError)             a sample, batch or configuration disagrees with a schema
-    │   ├── DtypeDriftError                  ... on a dtype
-    │   └── ShapeMismatchError               ... on a shape
-    ├── CopyRequiredError (ValueError)       honouring the request would need a hidden copy
-    └── SampleIndexError (IndexError)        an index outside the dataset
+    ├── SchemaError (ValueError)                  a sample, batch or configuration disagrees with a schema
+    │   ├── DtypeDriftError                       ... on a dtype
+    │   ├── ShapeMismatchError                    ... on a shape
+    │   ├── UnsupportedColumnError                a column with no zero-copy tensor (nulls, strings, ...)
+    │   └── CorruptFileError                      unknown format, truncated or undecodable file
+    ├── CopyRequiredError (ValueError)            honouring the request would need a hidden copy
+    ├── SampleIndexError (IndexError)             an index outside the dataset
+    ├── SharedMemoryExhaustedError (MemoryError)  a worker ran out of shared memory for batches
+    └── PoolExhaustedError (RuntimeError)         every pinned buffer is still referenced
+
+    SkippedFileWarning (UserWarning)              one per file left out under ``on_error="skip"``
 
 Every class also inherits a built-in, so ``except ValueError`` keeps working. Each can be
 rebuilt from its message string alone: PyTorch re-raises an error from a ``DataLoader`` worker as
@@ -18,10 +24,15 @@ from __future__ import annotations
 
 __all__ = [
     "CopyRequiredError",
+    "CorruptFileError",
     "DtypeDriftError",
+    "PoolExhaustedError",
     "SampleIndexError",
     "SchemaError",
     "ShapeMismatchError",
+    "SharedMemoryExhaustedError",
+    "SkippedFileWarning",
+    "UnsupportedColumnError",
     "ZeroCopyError",
 ]
 
@@ -59,6 +70,26 @@ class CopyRequiredError(ZeroCopyError, ValueError):
 
 class SampleIndexError(ZeroCopyError, IndexError):
     """A sampler asked for an index that the dataset does not have."""
+
+
+class UnsupportedColumnError(SchemaError):
+    """A column's type or content (nulls, strings, dictionary, compression) has no zero-copy tensor."""
+
+
+class CorruptFileError(SchemaError):
+    """A source file is of an unknown format, truncated, or cannot be decoded; the message names it."""
+
+
+class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):
+    """A worker could not get shared memory for a batch: the pool limit or ``/dev/shm`` is full."""
+
+
+class PoolExhaustedError(ZeroCopyError, RuntimeError):
+    """Every buffer of a pool is still referenced; nothing can be reused without corrupting data."""
+
+
+class SkippedFileWarning(UserWarning):
+    """A file was left out of a batch because it could not be decoded (``on_error="skip"``)."""
 
 
 def describe(field: str | None, index: int | None) -> str:

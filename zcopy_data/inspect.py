@@ -45,7 +45,7 @@ class SourceReport:
 
 
 def _corrupt(message: str) -> Exception:
-    from zcopy_data.datasets._errors import CorruptFileError
+    from zcopy_data.errors import CorruptFileError
 
     return CorruptFileError(message)
 
@@ -98,8 +98,8 @@ def _inspect_npy(paths: dict[str, str], where: str) -> SourceReport:
 
 # -- Arrow and Parquet -------------------------------------------------------------------------
 def _inspect_arrow(path: str) -> SourceReport:
-    from zcopy_data.datasets._errors import UnsupportedColumnError
     from zcopy_data.datasets.arrow import ArrowDataset, open_ipc
+    from zcopy_data.errors import UnsupportedColumnError
 
     _, schema, batches = open_ipc(path)
     fields = []

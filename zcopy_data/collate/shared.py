@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from zcopy_data.errors import ZeroCopyError
+from zcopy_data.errors import SharedMemoryExhaustedError
 
 __all__ = [
     "HEADER_BYTES",
@@ -57,9 +57,6 @@ SENT, RELEASED, ACKED, DROPPED = 0, 1, 2, 3  # header cells; SENT: worker only, 
 _PAGE = 4096
 _SHM_DIR = "/dev/shm"
 
-
-class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):
-    """A worker could not get shared memory for a batch: the pool limit or ``/dev/shm`` is full."""
 
 
 def _env_number(name: str, default: float) -> float:

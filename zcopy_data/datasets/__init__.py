@@ -2,9 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-from zcopy_data.datasets._errors import CorruptFileError, SkippedFileWarning, UnsupportedColumnError
 from zcopy_data.datasets.base import BatchRequest, SampleBatch, ZeroCopyDataset
 from zcopy_data.datasets.numpy import NumpyDataset
+from zcopy_data.errors import CorruptFileError, SkippedFileWarning, UnsupportedColumnError
 
 if TYPE_CHECKING:
     from zcopy_data.datasets.arrow import ArrowDataset

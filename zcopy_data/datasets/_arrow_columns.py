@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from zcopy_data.datasets._errors import CorruptFileError, UnsupportedColumnError
+from zcopy_data.errors import CorruptFileError, UnsupportedColumnError
 
 __all__ = ["ColumnSpec", "chunk_view", "column_spec", "unsupported_reason"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from zcopy_data.datasets._errors import UnsupportedColumnError
+from zcopy_data.errors import UnsupportedColumnError
 from zcopy_data.ledger import record
 
 __all__ = ["STRINGS", "StringColumn", "is_string_type"]

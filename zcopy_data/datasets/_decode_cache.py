@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from zcopy_data.datasets._errors import CorruptFileError
+from zcopy_data.errors import CorruptFileError
 from zcopy_data.ledger import record
 
 __all__ = ["PROGRESS_MIN_BYTES", "cache_status", "check_parquet_footer", "decoded_cache", "default_cache_dir"]

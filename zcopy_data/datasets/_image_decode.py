@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from zcopy_data.datasets._errors import CorruptFileError
+from zcopy_data.errors import CorruptFileError
 
 __all__ = ["HAS_ARROW", "decode_into", "open_rgb"]
 

@@ -26,9 +26,8 @@ from zcopy_data.collate.buffers import allocate, nbytes
 from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
-from zcopy_data.datasets._errors import CorruptFileError, UnsupportedColumnError
 from zcopy_data.datasets.base import ZeroCopyDataset
-from zcopy_data.errors import SampleIndexError, SchemaError
+from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, UnsupportedColumnError
 from zcopy_data.ledger import record
 from zcopy_data.schema import Field, Schema
 

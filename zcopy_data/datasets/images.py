@@ -19,11 +19,10 @@ import torch
 from PIL import Image
 
 from zcopy_data.collate.buffers import allocate, nbytes
-from zcopy_data.datasets._errors import CorruptFileError, SkippedFileWarning
 from zcopy_data.datasets._image_decode import decode_into
 from zcopy_data.datasets._image_files import IMG_EXTENSIONS, scan_folder
 from zcopy_data.datasets.base import ZeroCopyDataset
-from zcopy_data.errors import SampleIndexError, SchemaError
+from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, SkippedFileWarning
 from zcopy_data.ledger import record
 from zcopy_data.schema import Field, Schema
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from zcopy_data._dtypes import dtype_name
-from zcopy_data.errors import SchemaError, ZeroCopyError
+from zcopy_data.errors import PoolExhaustedError, SchemaError
 from zcopy_data.schema import Schema
 from zcopy_data.transfer._streams import accelerator, check_main_process, reap
 
@@ -48,9 +48,6 @@ ALIGN = 64  # every buffer starts on a cache line (and on any dtype's alignment)
 PAGE = mmap.PAGESIZE
 Spec = tuple[tuple[int, ...], torch.dtype]
 
-
-class PoolExhaustedError(ZeroCopyError, RuntimeError):
-    """Every buffer of a pool is still referenced; nothing can be reused without corrupting data."""
 
 
 def _align(n: int, to: int) -> int:
