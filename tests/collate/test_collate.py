@@ -171,3 +171,12 @@ def test_worker_batches_are_born_in_shared_memory(ctx):
     assert report.copied("collate") == 4 * 8 * (16 + 8)
     seen = sorted(i for b in loader for i in b["i"].tolist())
     assert seen == list(range(32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64, np.float16, np.bool_, np.complex64])
+def test_gather_supports_every_column_dtype(dtype):
+    src = (np.arange(40) % 7).astype(dtype).reshape(10, 4)
+    ds = NumpyDataset({"x": src})
+    out = zero_copy_collate(ds.__getitems__([9, 0, 4]))["x"]
+    assert out.dtype == torch.from_numpy(src).dtype
+    assert np.array_equal(out.numpy(), src[[9, 0, 4]])

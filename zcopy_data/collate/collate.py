@@ -31,6 +31,7 @@ from zcopy_data.strict import strict_asarray
 __all__ = ["zero_copy_collate"]
 
 STAGE = "collate"
+_SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def zero_copy_collate(batch: Any) -> Any:
@@ -83,7 +84,11 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     index = torch.from_numpy(idx)
     for name, src in tensors.items():
         buf = allocate((idx.size, *src.shape[1:]), src.dtype)
-        torch.index_select(src, 0, index, out=buf)
+        bits = _SAME_BITS.get(src.dtype)
+        if bits is None:
+            torch.index_select(src, 0, index, out=buf)
+        else:  # index_select has no kernels for wide unsigned types: move the same bits as signed
+            torch.index_select(src.view(bits), 0, index, out=buf.view(bits))
         record(STAGE, name, reason, copied=nbytes(buf))
         out[name] = buf
     return out
