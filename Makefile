@@ -16,6 +16,7 @@ demo: $(VENV)/.bench  ## set up, then run the demo on generated data
 
 test: $(VENV)/.dev  ## set up, then lint and run the test suite
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench  ## the full benchmark

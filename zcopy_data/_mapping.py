@@ -53,7 +53,8 @@ def file_region(arr: np.ndarray[Any, Any]) -> tuple[str, int] | None:
         return None
     start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
     # np.memmap maps from the allocation-granularity boundary at or below its offset.
-    map_start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+    offset: int = getattr(arr, "offset", 0)
+    map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
     return filename, map_start + (arr.ctypes.data - start)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.dlpack
 
 from zcopy_data._dtypes import dtype_name, to_torch_dtype
 from zcopy_data._mapping import remap_private
@@ -175,7 +176,7 @@ def strict_asarray(
 
     try:
         if hasattr(obj, "__dlpack__"):
-            out = torch.from_dlpack(obj)  # DLPack is zero-copy by contract
+            out = torch.utils.dlpack.from_dlpack(obj)  # DLPack is zero-copy by contract
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -116,13 +117,13 @@ def _first(indices: list[int] | None) -> str:
     return "the batch's first sample" if indices is None else f"sample {int(indices[0])}"
 
 
-def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> Any:
+def _collate(batch: Sequence[Any], path: str | None, indices: list[int] | None) -> Any:
     elem = batch[0]
     if isinstance(elem, torch.Tensor):
         return _stack_tensors(batch, path, indices)
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "US":
-            return default_collate(batch)  # raises the same TypeError default_collate does
+            return default_collate(batch)  # type: ignore[arg-type]  # raises the same TypeError default_collate does
         tensors = [
             strict_asarray(
                 a, field=path if indices else f"{path or '<sample>'} (batch position {i})", index=_index(indices, i)
@@ -144,7 +145,7 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
             clone.update(fields)
             return clone
         try:
-            return type(elem)(fields)
+            return type(elem)(fields)  # type: ignore[call-arg]
         except TypeError:
             return fields
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):
@@ -174,13 +175,13 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
                 for i, v in enumerate(fields_list):
                     clone_seq[i] = v
                 return clone_seq
-            return type(elem)(fields_list)
+            return type(elem)(fields_list)  # type: ignore[call-arg]
         except TypeError:
             return fields_list
-    return default_collate(batch)
+    return default_collate(batch)  # type: ignore[arg-type]
 
 
-def _check_same_type(batch: list[Any], path: str | None, indices: list[int] | None) -> None:
+def _check_same_type(batch: Sequence[Any], path: str | None, indices: list[int] | None) -> None:
     first = type(batch[0])
     for pos, v in enumerate(batch):
         if type(v) is not first:
@@ -215,18 +216,18 @@ def _check_uniform(
             )
 
 
-def _stack_tensors(batch: list[torch.Tensor], path: str | None, indices: list[int] | None) -> torch.Tensor:
+def _stack_tensors(batch: Sequence[torch.Tensor], path: str | None, indices: list[int] | None) -> torch.Tensor:
     elem = batch[0]
     if elem.is_nested or elem.layout != torch.strided:
-        return default_collate(batch)  # same error default_collate gives for nested / sparse
+        return default_collate(batch)  # type: ignore[arg-type,no-any-return]  # same error default_collate gives for nested / sparse
     _check_uniform([(t.dtype, tuple(t.shape)) for t in batch], path, indices)
     out = allocate((len(batch), *elem.shape), elem.dtype, elem.device)
-    torch.stack(batch, 0, out=out)
+    torch.stack(list(batch), 0, out=out)
     record(STAGE, path or "<sample>", "stack: per-sample values", copied=nbytes(out))
     return out
 
 
-def _stack_scalars(batch: list[Any], path: str | None, indices: list[int] | None) -> torch.Tensor:
+def _stack_scalars(batch: Sequence[Any], path: str | None, indices: list[int] | None) -> torch.Tensor:
     specs = [value_spec(v) for v in batch]
     _check_uniform(specs, path, indices)  # type: ignore[arg-type]
     dtype = specs[0][0]  # type: ignore[index]

@@ -58,7 +58,6 @@ _PAGE = 4096
 _SHM_DIR = "/dev/shm"
 
 
-
 def _env_number(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":

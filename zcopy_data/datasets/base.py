@@ -78,20 +78,10 @@ class ZeroCopyDataset(Dataset[Any]):
         return type(self).gather_batch is not ZeroCopyDataset.gather_batch
 
     # -- schema --------------------------------------------------------------------------
-    @property
-    def schema(self) -> Schema:
-        """The declared schema, or the one frozen from the columns / sample 0."""
-        frozen = self._zc_schema_or_none()
-        if frozen is None:
-            raise SchemaError(
-                f"{type(self).__name__}: sample 0 has fields that are not arrays or numbers, so no "
-                "schema can be frozen from it; declare `schema` to have batches checked"
-            )
-        return frozen
-
     def _zc_schema_or_none(self) -> Schema | None:
         if "_zc_schema" in self.__dict__:
-            return self.__dict__["_zc_schema"]  # type: ignore[no-any-return]
+            cached: Schema | None = self.__dict__["_zc_schema"]
+            return cached
         declared = self.__dict__.get("_zc_declared", type(self)._declared)
         frozen: Schema | None
         if self.is_columnar:
@@ -116,6 +106,17 @@ class ZeroCopyDataset(Dataset[Any]):
         self.__dict__["_zc_schema"] = frozen
         return frozen
 
+    @property
+    def schema(self) -> Schema:
+        """The declared schema, or the one frozen from the columns / sample 0."""
+        frozen = self._zc_schema_or_none()
+        if frozen is None:
+            raise SchemaError(
+                f"{type(self).__name__}: sample 0 has fields that are not arrays or numbers, so no "
+                "schema can be frozen from it; declare `schema` to have batches checked"
+            )
+        return frozen
+
     @schema.setter
     def schema(self, value: Schema | Mapping[str, Any] | None) -> None:
         self.__dict__["_zc_declared"] = (
@@ -129,7 +130,7 @@ class ZeroCopyDataset(Dataset[Any]):
         if isinstance(declared, (Schema, Mapping)):
             # A class-level ``schema = Schema(...)``: keep the property, remember the declaration.
             cls._declared = declared if isinstance(declared, Schema) else Schema(declared)
-            del cls.schema  # type: ignore[misc]
+            del cls.schema
 
     # -- columnar machinery --------------------------------------------------------------
     def _zc_columns(self) -> dict[str, Any]:
@@ -170,7 +171,7 @@ class ZeroCopyDataset(Dataset[Any]):
         if cache is None:
             cache = {n: strict_asarray(c, field=n) for n, c in self._zc_columns().items()}
             self.__dict__["_zc_tens"] = cache
-        return cache  # type: ignore[no-any-return]
+        return cache
 
     def __len__(self) -> int:
         if not self.is_columnar:

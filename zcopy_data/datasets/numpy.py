@@ -21,7 +21,8 @@ Source = np.ndarray[Any, Any] | str | os.PathLike[str]
 def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any]:
     """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error."""
     try:
-        return np.load(path, mmap_mode="c", allow_pickle=False)
+        arr: np.ndarray[Any, Any] = np.load(path, mmap_mode="c", allow_pickle=False)
+        return arr
     except FileNotFoundError:
         raise FileNotFoundError(f"field {field!r}: no such file {os.fspath(path)!r}") from None
     except ValueError as err:

@@ -49,7 +49,6 @@ PAGE = mmap.PAGESIZE
 Spec = tuple[tuple[int, ...], torch.dtype]
 
 
-
 def _align(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
