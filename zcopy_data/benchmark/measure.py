@@ -1,6 +1,8 @@
-"""One measurement, in its own process: ``python -m zcopy_data.benchmark.measure '<json>'``.
+"""One measurement, in its own process: ``python -m zcopy_data.benchmark.measure '<json spec>'``.
 
-A fresh process per measurement gives every contender the same allocator and page-cache state.
+A fresh process per measurement gives every contender the same allocator and page-cache state
+(glibc keeping or returning freed buffers makes the default path swing by half run to run).
+The last line printed is the JSON result.
 """
 
 from __future__ import annotations
@@ -9,35 +11,82 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zcopy_data.benchmark.contenders import build_loader
+from zcopy_data.benchmark.contenders import CONTENDERS, batch_len, build_loader, make_batch_sampler
+from zcopy_data.benchmark.data import DataSource
+from zcopy_data.benchmark.limits import measure_limits
 
-__all__ = ["measure"]
+__all__ = ["measure", "memory_mib"]
+
+_SAMPLE_EVERY = 16  # batches between memory samples
+
+
+def memory_mib() -> float:
+    """Anonymous + shared memory of this process (MiB): what a loader allocates, not the file pages it maps."""
+    total_kib = 0
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def _timed_pass(loader: Iterable[Any], epoch: int, cap_s: float, peak: list[float]) -> float:
+    """Samples/s over one epoch, or over the batches that fit in ``cap_s`` seconds."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    n = batches = 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        n += batch_len(batch)
+        batches += 1
+        if batches % _SAMPLE_EVERY == 0:
+            peak[0] = max(peak[0], memory_mib())
+        if time.perf_counter() - t0 > cap_s:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def _ledger_copies(loader: Any) -> float:
+    """Copies of the batch's bytes per batch, read from zcopy_data's copy ledger."""
+    from zcopy_data import explain
+
+    ledger = explain(loader, batches=4)
+    assembled = sum(r.bytes_viewed + r.bytes_copied for r in ledger.rows if r.stage == "collate")
+    return ledger.bytes_copied / assembled if assembled else 0.0
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Warm up one epoch, then time ``epochs`` epochs; samples/s of each epoch."""
+    """Warm up one pass, then time ``epochs`` passes; samples/s of each."""
     torch.set_num_threads(int(spec.get("threads", 1)))
-    paths = {k: Path(v) for k, v in spec["paths"].items()}
-    loader = build_loader(spec["contender"], paths, spec["order"], spec["batch_size"], spec["workers"], spec["seed"])
-    rates, nbytes = [], 0
-    for epoch in range(1 + spec["epochs"]):
-        n = 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            n += len(batch["label"])
-            if epoch == 1:
-                nbytes += sum(t.numel() * t.element_size() for t in batch.values())
-        dt = time.perf_counter() - t0
-        if epoch:  # epoch 0 warms the page cache and the workers up
-            rates.append(n / dt)
+    src = DataSource.from_spec(spec["source"])
+    cap = float(spec["max_pass_s"])
+    if spec["contender"] == "limits":
+        batches = make_batch_sampler(src.n, spec["order"], spec["batch_size"], spec["seed"])
+        return {"limits": measure_limits(src, batches, spec["batch_size"], passes=spec["epochs"], cap_s=cap)}
+    name, workers = spec["contender"], int(spec["workers"])
+    loader = build_loader(
+        name, src, spec["order"], spec["batch_size"], workers, seed=spec["seed"], cache=Path(spec["cache"])
+    )
+    peak = [memory_mib()]
+    rates = [_timed_pass(loader, epoch, cap, peak) for epoch in range(1 + spec["epochs"])][1:]
+    counter = CONTENDERS[name].copies
+    if counter is None:
+        copies, basis = _ledger_copies(loader), "ledger: zcopy_data.explain over 4 batches"
+    else:
+        copies, basis = counter(spec["order"], workers)
+    del loader  # stop persistent workers before reading their peak memory
     return {
         "rates": rates,
-        "bytes_per_epoch": nbytes,
+        "copies_per_batch": copies,
+        "copies_basis": basis,
+        "peak_mem_mib": peak[0],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
