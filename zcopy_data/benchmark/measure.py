@@ -1,16 +1,22 @@
-"""One measurement, in its own process: ``python -m zcopy_data.benchmark.measure '<json spec>'``.
+"""Measurements, each in a fresh process.
 
-A fresh process per measurement gives every contender the same allocator and page-cache state
-(glibc keeping or returning freed buffers makes the default path swing by half run to run).
-The last line printed is the JSON result.
+``python -m zcopy_data.benchmark.measure '<json spec>'`` runs one and prints its JSON result.
+``python -m zcopy_data.benchmark.measure --serve`` is the runner's fork server: it imports torch,
+zcopy_data and the installed peers once, then forks a fresh child for every spec line it reads
+on stdin and writes the child's JSON result as one line. Every measurement so starts from the
+same untouched allocator state (glibc keeping or returning freed buffers makes the default path
+swing by half from run to run) without paying seconds of imports each time.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,5 +97,38 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _in_child(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"ok": measure(spec)}
+    except BaseException:
+        return {"error": traceback.format_exc()}
+
+
+def serve(preload: list[str]) -> None:
+    """Fork a fresh child per spec line on stdin; one JSON result line per spec on the original stdout."""
+    for name in preload:
+        importlib.import_module(name)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints of loaders and libraries go to stderr, not into the results
+    for line in sys.stdin:
+        spec = json.loads(line)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: measure, report, leave without running the server's exit handlers
+            os.close(r)
+            with os.fdopen(w, "w") as f:
+                f.write(json.dumps(_in_child(spec)))
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        out.write((data or json.dumps({"error": f"the measuring process died (wait status {status})"})) + "\n")
+        out.flush()
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    if sys.argv[1] == "--serve":
+        serve(sys.argv[2:])
+    else:
+        print(json.dumps(measure(json.loads(sys.argv[1]))))

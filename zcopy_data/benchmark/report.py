@@ -107,8 +107,8 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         f"{machine['cpus']} CPUs, {machine['accelerator'] or 'no accelerator'}",
         fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper right", ncols=2)
-    ax.margins(y=0.15)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=len(names) + 1, frameon=False)
+    ax.margins(y=0.2)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
-import multiprocessing
-import multiprocessing.context
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -150,43 +149,50 @@ _CHILD_ENV = {
 }
 
 
-def _child(spec: dict[str, Any], conn: Connection) -> None:
-    os.environ.update(_CHILD_ENV)
-    from zcopy_data.benchmark.measure import measure
+class _ForkServer:
+    """``measure --serve`` in a subprocess: one fresh forked process per measurement."""
 
-    try:
-        conn.send(("ok", measure(spec)))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+    def __init__(self, preload: list[str]) -> None:
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zcopy_data.benchmark.measure", "--serve", *preload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env={**os.environ, **_CHILD_ENV},
+        )
 
+    def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        line = ""
+        try:
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            pass
+        reply = json.loads(line) if line else {"error": "the fork server exited:\n" + self._stderr_tail()}
+        if "error" in reply:
+            what = f"{spec['contender']}/{spec['order']}/workers={spec['workers']}"
+            raise RuntimeError(f"benchmark run {what} failed:\n{reply['error']}")
+        return reply["ok"]  # type: ignore[no-any-return]
 
-def _context() -> multiprocessing.context.BaseContext:
-    # A fork server that has imported torch and zcopy_data once: every measurement is a fresh
-    # process with the same (untouched) allocator state, without paying seconds of imports each.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["zcopy_data.benchmark.measure"])
-    return ctx
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-3000:]
 
-
-def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(spec, send), name=f"bench-{spec['contender']}")  # type: ignore[attr-defined]
-    proc.start()
-    send.close()
-    try:
-        status, payload = recv.recv()
-    except EOFError:
-        status, payload = "error", "the measuring process died without a result"
-    finally:
-        recv.close()
-        proc.join()
-    if status != "ok" or proc.exitcode != 0:
-        what = f"{spec['contender']}/{spec['order']}/workers={spec['workers']}"
-        raise RuntimeError(f"benchmark run {what} failed (exit code {proc.exitcode}):\n{payload}")
-    return payload  # type: ignore[no-any-return]
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
 
 
 def _warm_page_cache(src: DataSource) -> None:
@@ -281,11 +287,12 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
     limit_rates: dict[tuple[str, str], list[float]] = {}
     info: dict[tuple[str, str, int], dict[str, Any]] = {}
     plan = _plan(cfg, names)
+    server = _ForkServer([r for n in names if (r := CONTENDERS[n].requires)])
     bar = _Progress(len(plan), progress, log)
     try:
         for name, order, workers in plan:
             bar.start(f"{name} {order} w={workers}")
-            res = _run_one({**base, "contender": name, "order": order, "workers": workers})
+            res = server.run({**base, "contender": name, "order": order, "workers": workers})
             if name == "limits":
                 for kind, values in res["limits"].items():
                     limit_rates.setdefault((order, kind), []).extend(values)
@@ -303,6 +310,7 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
             bar.done(f"  {name:<10} {order:<8} workers={workers}  {_median(res['rates']):>12,.0f} samples/s")
     finally:
         bar.close()
+        server.close()
     return _record(cfg, src, names, skipped, rates, limit_rates, info, time.perf_counter() - started)
 
 
