@@ -99,7 +99,7 @@ def test_zcopy_copies_come_from_the_ledger(npy_folder: Path, tmp_path: Path, ord
     assert res["copies_per_batch"] == copies
     assert res["copies_basis"].startswith("ledger")
     assert len(res["rates"]) == 1 and res["rates"][0] > 0
-    assert res["peak_mem_mib"] > 0
+    assert res["peak_mem_mib"] >= 0
 
 
 def test_zcopy_sequential_batch_is_a_view(npy_folder: Path, tmp_path: Path) -> None:

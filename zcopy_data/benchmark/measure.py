@@ -33,7 +33,8 @@ _SAMPLE_EVERY = 16  # batches between memory samples
 
 
 def memory_mib() -> float:
-    """Anonymous + shared memory of this process (MiB): what a loader allocates, not the file pages it maps."""
+    """Resident anonymous + shared memory of this process (MiB): what a loader allocates, not the file
+    pages it maps (those are page cache, shared with every process reading the file)."""
     total_kib = 0
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -77,10 +78,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         batches = make_batch_sampler(src.n, spec["order"], spec["batch_size"], spec["seed"])
         return {"limits": measure_limits(src, batches, spec["batch_size"], passes=spec["epochs"], cap_s=cap)}
     name, workers = spec["contender"], int(spec["workers"])
+    start_mib = memory_mib()  # what the process inherited (torch, peers' imports): not the loader's
     loader = build_loader(
         name, src, spec["order"], spec["batch_size"], workers, seed=spec["seed"], cache=Path(spec["cache"])
     )
-    peak = [memory_mib()]
+    peak = [start_mib]
     rates = [_timed_pass(loader, epoch, cap, peak) for epoch in range(1 + spec["epochs"])][1:]
     counter = CONTENDERS[name].copies
     if counter is None:
@@ -92,7 +94,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "rates": rates,
         "copies_per_batch": copies,
         "copies_basis": basis,
-        "peak_mem_mib": peak[0],
+        "peak_mem_mib": peak[0] - start_mib,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -48,10 +48,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [fmt.format(*_HEAD), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*b) for b in body]
     lines += ["", *_limit_lines(result)]
-    lines.append(
-        "copies: of the batch's bytes per batch; mem: peak anonymous + shared memory of the main process; "
-        "of limit: samples/s / 1-thread gather limit"
-    )
+    lines += [
+        "copies: copies of the batch's bytes per batch (ledger or counted, see the JSON's copies_basis)",
+        "mem MiB: peak growth of the main process's anonymous + shared memory (mapped file pages excluded)",
+        "of limit: samples/s as a fraction of the 1-thread gather limit for the same order",
+    ]
     for s in result["skipped"]:
         lines.append(f"skipped {s['contender']}: {s['reason']}")
     for t in result["targets"]:
