@@ -74,14 +74,14 @@ def _loader_kw(workers: int) -> dict[str, Any]:
 
 
 def _default(src: DataSource, batches: Iterable[list[int]], workers: int, cache: Path) -> Iterable[Any]:  # noqa: ARG001
-    return DataLoader(PerSampleNpy(src.paths), batch_sampler=batches, **_loader_kw(workers))  # type: ignore[arg-type]
+    return DataLoader(PerSampleNpy(src.paths), batch_sampler=batches, **_loader_kw(workers))
 
 
 def _zcopy(src: DataSource, batches: Iterable[list[int]], workers: int, cache: Path) -> Iterable[Any]:  # noqa: ARG001
     ds = NumpyDataset({k: str(p) for k, p in src.paths.items()})
     return DataLoader(
         ds,
-        batch_sampler=batches,  # type: ignore[arg-type]
+        batch_sampler=batches,
         collate_fn=zero_copy_collate,
         **_loader_kw(workers),
     )

@@ -85,6 +85,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     peak = [start_mib]
     rates = [_timed_pass(loader, epoch, cap, peak) for epoch in range(1 + spec["epochs"])][1:]
     counter = CONTENDERS[name].copies
+    copies: float | None
     if counter is None:
         copies, basis = _ledger_copies(loader), "ledger: zcopy_data.explain over 4 batches"
     else:

@@ -64,8 +64,8 @@ def build_tensordict(src: DataSource, batches: Iterable[list[int]], workers: int
 
     td = TensorDict.load_memmap(_cache_dir(src, cache, "tensordict"))
     return DataLoader(
-        td,  # type: ignore[arg-type]
-        batch_sampler=batches,  # type: ignore[arg-type]
+        td,
+        batch_sampler=batches,
         collate_fn=_identity,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -118,7 +118,7 @@ def build_hf(src: DataSource, batches: Iterable[list[int]], workers: int, cache:
 
     datasets.disable_progress_bars()
     ds = datasets.load_from_disk(str(_cache_dir(src, cache, "hf"))).with_format("torch")
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)  # type: ignore[arg-type]
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)
 
 
 def hf_copies(order: str, workers: int) -> tuple[float, str]:  # noqa: ARG001

@@ -172,11 +172,14 @@ class _ForkServer:
             line = self.proc.stdout.readline()
         except BrokenPipeError:
             pass
-        reply = json.loads(line) if line else {"error": "the fork server exited:\n" + self._stderr_tail()}
+        reply: dict[str, Any] = (
+            json.loads(line) if line else {"error": "the fork server exited:\n" + self._stderr_tail()}
+        )
         if "error" in reply:
             what = f"{spec['contender']}/{spec['order']}/workers={spec['workers']}"
             raise RuntimeError(f"benchmark run {what} failed:\n{reply['error']}")
-        return reply["ok"]  # type: ignore[no-any-return]
+        result: dict[str, Any] = reply["ok"]
+        return result
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0)
@@ -325,7 +328,7 @@ def _record(
     wall_s: float,
 ) -> dict[str, Any]:
     gb = src.sample_bytes / 1e9
-    limits = {
+    limits: dict[str, dict[str, dict[str, Any]]] = {
         order: {
             kind: {
                 "description": LIMITS[kind],
