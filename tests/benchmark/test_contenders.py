@@ -81,6 +81,22 @@ def test_default_path_copies_once(npy_folder: Path) -> None:
     assert CONTENDERS["default"].copies("shuffle", 2)[0] == 1.0  # type: ignore[misc]
 
 
+def test_default_path_with_workers_crosses_as_a_handle(npy_folder: Path) -> None:
+    """Inside a worker default_collate stacks arrays straight into shared memory: no second copy.
+
+    Per-sample NumPy scalars (the labels) become a tensor outside shared memory and are copied
+    once more when pickled: 8 bytes per sample, which the count of the batch's bytes rounds away.
+    """
+    from zcopy_data import explain
+
+    src = open_source(npy_folder)
+    loader: Any = build_loader("default", src, "shuffle", 64, 1, cache=Path("."))
+    ledger = explain(loader, batches=2)
+    crossing = {r.field: r for r in ledger.rows if r.stage == "worker->main"}
+    assert crossing["image"].reason.startswith("handle") and crossing["image"].bytes_copied == 0
+    assert crossing["label"].reason.startswith("pickle") and crossing["label"].bytes_copied == 2 * 64 * 8
+
+
 @pytest.mark.parametrize(("order", "copies"), [("seq", 0.0), ("shuffle", 1.0)])
 def test_zcopy_copies_come_from_the_ledger(npy_folder: Path, tmp_path: Path, order: str, copies: float) -> None:
     src = open_source(npy_folder)

@@ -118,8 +118,8 @@ def _default_copies(order: str, workers: int) -> Copies:  # noqa: ARG001
     return (
         1.0,
         "counted: per-sample items are views of the mapping (torch.as_tensor shares them); "
-        "default_collate stacks them with 1 copy (into shared memory inside a worker, so the "
-        "batch crosses as a handle)",
+        "default_collate stacks them with 1 copy (into shared memory inside a worker, so arrays "
+        "cross as a handle; per-sample NumPy scalars are copied once more when pickled)",
     )
 
 
