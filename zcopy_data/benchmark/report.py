@@ -10,8 +10,17 @@ __all__ = ["format_markdown", "format_table", "plot"]
 _ORDER_TITLES = {"seq": "sequential", "shuffle": "shuffled", "block": "block-shuffled"}
 
 
+def _ratio(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.1f}x" if x >= 0.95 else f"{x:.2g}x"
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.0f}%" if x >= 0.01 else "<1%"
+
+
 def _cells(r: dict[str, Any]) -> list[str]:
-    ratio = "" if r["ratio_to_default"] is None else f"{r['ratio_to_default']:.1f}x"
     copies = r["copies_per_batch"]
     return [
         r["contender"],
@@ -21,8 +30,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
         f"{r['gb_per_s']:.2f}",
         "?" if copies is None else f"{copies:g}",
         f"{r['peak_mem_mib']:,.0f}",
-        ratio,
-        f"{100 * r['fraction_of_gather_1t']:.0f}%",
+        _ratio(r["ratio_to_default"]),
+        _percent(r["fraction_of_gather_1t"]),
     ]
 
 
