@@ -76,7 +76,7 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         parser.error(f"--plot writes a PNG; expected a path ending in .png, found {str(args.plot)!r}")
     kw: dict[str, Any] = {"batch_size": args.batch_size, "source": args.path}
-    for name in ("workers", "order", "contenders", "samples", "repeats", "epochs", "max_pass_s", "cache"):
+    for name in ("workers", "order", "contenders", "samples", "repeats", "epochs", "max_pass_s", "threads", "cache"):
         value = getattr(args, name)
         if value is not None:
             kw[{"order": "orders", "samples": "n", "cache": "cache_dir"}.get(name, name)] = value
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive, default=None, help="processes per contender and cell")
     bench.add_argument("--epochs", type=_positive, default=None, help="timed passes per process")
     bench.add_argument("--max-pass-s", type=_seconds, default=None, help="a timed pass stops after this long")
+    bench.add_argument("--threads", type=_positive, default=None, help="torch threads per contender (default 1)")
     bench.add_argument("--cache", type=Path, default=None, help="where generated and converted data live")
     bench.add_argument("--quick", action="store_true", help="a smaller, faster run (< 2 minutes)")
     bench.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the record as JSON here")

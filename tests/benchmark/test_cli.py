@@ -63,7 +63,7 @@ def test_end_to_end(capsys: pytest.CaptureFixture[str], npy_folder: Path, tmp_pa
         "bench",
         str(npy_folder / "image.npy"),  # one file: no label field
         *("--contenders", "default,zcopy", "--order", "seq,block", "--workers", "0"),
-        *("--batch-size", "64", "--repeats", "2", "--epochs", "1", "--max-pass-s", "0.05"),
+        *("--batch-size", "64", "--repeats", "2", "--epochs", "1", "--max-pass-s", "0.05", "--threads", "2"),
         *("--cache", str(tmp_path / "cache"), "--json", str(out), "--plot", str(png), "--no-progress"),
     ]
     assert main(argv) == 0
@@ -75,6 +75,8 @@ def test_end_to_end(capsys: pytest.CaptureFixture[str], npy_folder: Path, tmp_pa
         (c, o) for c in ("default", "zcopy") for o in ("seq", "block")
     }
     assert all(r["runs"] == 2 for r in result["rows"])  # two repeats, one timed pass each
+    assert result["config"]["threads"] == 2
+    assert "fraction of the all-threads index_select limit" in printed  # the ceiling for 2 torch threads
     assert result["command"].startswith("zcopy-data bench ")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "contender" in printed and f"wrote {out}" in printed and f"wrote {png}" in printed

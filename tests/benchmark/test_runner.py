@@ -132,6 +132,7 @@ def test_table_markdown_and_chart(result: dict[str, Any], tmp_path: Path) -> Non
         ({"contenders": ("default", "ffcv")}, "contender 'ffcv' should be one of"),
         ({"repeats": 0}, "repeats=0 and epochs=3 should be >= 1"),
         ({"max_pass_s": 0}, "max_pass_s=0 should be > 0"),
+        ({"threads": 0}, "threads=0 should be >= 1"),
     ],
 )
 def test_config_errors(kw: dict[str, Any], message: str) -> None:

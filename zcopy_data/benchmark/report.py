@@ -20,7 +20,12 @@ def _percent(x: float) -> str:
     return f"{100 * x:.0f}%" if x >= 0.01 else "<1%"
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
+def _limit_key(result: dict[str, Any]) -> str:
+    """The ceiling a row is measured against: 1-thread gather, or all threads when torch uses more."""
+    return "gather_1t" if result["config"].get("threads", 1) == 1 else "index_select_all"
+
+
+def _cells(r: dict[str, Any], limit: str) -> list[str]:
     copies = r["copies_per_batch"]
     return [
         r["contender"],
@@ -31,10 +36,11 @@ def _cells(r: dict[str, Any]) -> list[str]:
         "?" if copies is None else f"{copies:g}",
         f"{r['peak_mem_mib']:,.0f}",
         _ratio(r["ratio_to_default"]),
-        _percent(r["fraction_of_gather_1t"]),
+        _percent(r["fraction_of_gather_1t" if limit == "gather_1t" else "fraction_of_index_select_all"]),
     ]
 
 
+_LIMIT_TITLES = {"gather_1t": "1-thread gather", "index_select_all": "all-threads index_select"}
 _HEAD = ["contender", "order", "workers", "samples/s", "GB/s", "copies", "mem MiB", "x default", "of limit"]
 
 
@@ -51,7 +57,8 @@ def _limit_lines(result: dict[str, Any]) -> list[str]:
 
 def format_table(result: dict[str, Any]) -> str:
     """A fixed-width table: one row per contender, order and workers, then the limits and targets."""
-    body = [_cells(r) for r in result["rows"]]
+    limit = _limit_key(result)
+    body = [_cells(r, limit) for r in result["rows"]]
     widths = [max(len(x) for x in col) for col in zip(_HEAD, *body, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*_HEAD), fmt.format(*("-" * w for w in widths))]
@@ -60,7 +67,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         "copies: copies of the batch's bytes per batch (ledger or counted, see the JSON's copies_basis)",
         "mem MiB: peak growth of the main process's anonymous + shared memory (mapped file pages excluded)",
-        "of limit: samples/s as a fraction of the 1-thread gather limit for the same order",
+        f"of limit: samples/s as a fraction of the {_LIMIT_TITLES[limit]} limit for the same order",
     ]
     for s in result["skipped"]:
         lines.append(f"skipped {s['contender']}: {s['reason']}")
@@ -75,7 +82,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     head = ["contender", "order", "workers", "samples/s", "GB/s", "copies/batch", "peak MiB", "x default", "of limit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        lines.append("| " + " | ".join(_cells(r)) + " |")
+        lines.append("| " + " | ".join(_cells(r, _limit_key(result))) + " |")
     return "\n".join(lines)
 
 
@@ -102,10 +109,11 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
                 ys.append(r["samples_per_s"])
         bars = ax.bar(xs, ys, width * 0.95, label=name, color=colors[j % len(colors)])
         ax.bar_label(bars, labels=[_short(y) for y in ys], fontsize=6, rotation=90, padding=2)
+    limit = _limit_key(result)
     for i, (order, _) in enumerate(cells):
-        lim = result["limits"][order]["gather_1t"]["samples_per_s"]
+        lim = result["limits"][order][limit]["samples_per_s"]
         ax.hlines(lim, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2)
-    ax.plot([], [], "k--", linewidth=1.2, label="gather limit, 1 thread")
+    ax.plot([], [], "k--", linewidth=1.2, label=f"{_LIMIT_TITLES[limit]} limit")
     ax.set_yscale("log")
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels([f"{_ORDER_TITLES.get(o, o)}\n{w} workers" for o, w in cells], fontsize=8)
