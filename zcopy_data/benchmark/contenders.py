@@ -133,7 +133,7 @@ def _peer_contenders() -> list[Contender]:
             build=peers.build_tensordict,
             copies=peers.tensordict_copies,
             requires="tensordict",
-            pip="tensordict>=0.10",
+            pip="tensordict>=0.15",
             prepare=peers.prepare_tensordict,
         ),
         Contender(
