@@ -7,6 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zcopy_data.benchmark.runner import BenchConfig
 
 from zcopy_data.inspect import add_inspect_parser
 
@@ -24,10 +28,22 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _orders(text: str) -> tuple[str, ...]:
+    from zcopy_data.benchmark.contenders import ORDERS
+
     vals = tuple(text.split(","))
-    bad = [v for v in vals if v not in ("seq", "shuffle")]
+    bad = [v for v in vals if v not in ORDERS]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown order {bad[0]!r}; choose from seq, shuffle")
+        raise argparse.ArgumentTypeError(f"unknown order {bad[0]!r}; choose from {', '.join(ORDERS)}")
+    return vals
+
+
+def _contenders(text: str) -> tuple[str, ...]:
+    from zcopy_data.benchmark.contenders import CONTENDERS
+
+    vals = tuple(text.split(","))
+    bad = [v for v in vals if v not in CONTENDERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown contender {bad[0]!r}; choose from {', '.join(CONTENDERS)}")
     return vals
 
 
@@ -41,20 +57,61 @@ def _positive(text: str) -> int:
     return v
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from zcopy_data.benchmark.runner import BenchConfig, format_table, run_bench
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, found {text!r}")
+    return v
 
-    kw = {"batch_size": args.batch_size, "workers": args.workers, "orders": args.order}
-    if args.samples:
-        kw["n"] = args.samples
-    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
-    print(f"benchmark: {cfg.n:,} samples of uint8{list(cfg.shape)} + int64 label, batch {cfg.batch_size}")
-    result = run_bench(cfg)
+
+def _bench_config(args: argparse.Namespace) -> BenchConfig:
+    from zcopy_data.benchmark.runner import BenchConfig
+
+    parser: argparse.ArgumentParser = args.parser
+    if args.path is not None and args.synthetic:
+        parser.error(f"give either PATH ({args.path}) or --synthetic, not both")
+    if args.path is not None and args.samples is not None:
+        parser.error("--samples sizes the generated data; it cannot be used with PATH")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        parser.error(f"--plot writes a PNG; expected a path ending in .png, found {str(args.plot)!r}")
+    kw: dict[str, Any] = {"batch_size": args.batch_size, "source": args.path}
+    for name in ("workers", "order", "contenders", "samples", "repeats", "epochs", "max_pass_s", "threads", "cache"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[{"order": "orders", "samples": "n", "cache": "cache_dir"}.get(name, name)] = value
+    try:
+        return BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from zcopy_data.benchmark.report import format_table, plot
+    from zcopy_data.benchmark.runner import run_bench
+    from zcopy_data.errors import ZeroCopyError
+
+    cfg = _bench_config(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        result = run_bench(cfg, progress=progress)
+    except (FileNotFoundError, ZeroCopyError, ValueError) as err:
+        print(f"zcopy-data bench: error: {err}", file=sys.stderr)
+        return 2
+    result["command"] = "zcopy-data bench " + " ".join(args.argv)
+    print(
+        f"\ndata: {result['data']['origin']}, {result['data']['n']:,} samples of {result['data']['sample_bytes']:,} B, "
+        f"batch {cfg.batch_size}, {result['wall_s']:.0f} s"
+    )
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(result, args.plot)}")
     return 0
 
 
@@ -64,9 +121,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
 
     from zcopy_data import NumpyDataset, explain, zero_copy_collate
     from zcopy_data.benchmark.data import make_synthetic
-    from zcopy_data.benchmark.runner import BenchConfig, format_table, run_bench
+    from zcopy_data.benchmark.report import format_table
+    from zcopy_data.benchmark.runner import BenchConfig, run_bench
 
-    cfg = BenchConfig.quick(workers=(0,))
+    cfg = BenchConfig.quick(contenders=("default", "zcopy"), max_pass_s=0.5)
     paths = make_synthetic(cfg.n, cfg.shape)
     ds = NumpyDataset({k: str(p) for k, p in paths.items()})
     print(f"dataset: {ds}\n")
@@ -80,8 +138,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
         )
         print(f"copy report, {title} (zcopy_data.explain(loader, batches=8)):")
         print(explain(loader, batches=8), end="\n\n")
-    print("speed against the default PyTorch path (per-sample __getitem__ + default_collate):")
+    print("speed against the default PyTorch path (per-sample __getitem__ + default_collate), 0 workers:")
     print(format_table(run_bench(cfg, log=lambda *_: None)))
+    print("\nthe full comparison, with workers and peers: zcopy-data bench --plot bench.png")
     return 0
 
 
@@ -111,14 +170,46 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="copy reports and a quick speed comparison on generated data")
     demo.set_defaults(func=_cmd_demo)
 
-    bench = sub.add_parser("bench", help="zcopy_data against the default PyTorch DataLoader path")
+    bench = sub.add_parser(
+        "bench",
+        help="zcopy_data against the default PyTorch DataLoader path and peers",
+        description="Time zcopy_data, the default DataLoader path and installed peers on the same data, "
+        "in fresh processes, alternating; print a table, optionally write JSON and a PNG chart.",
+    )
+    bench.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a folder of .npy files (fields named by file stem) or one .npy file",
+    )
+    bench.add_argument("--synthetic", action="store_true", help="generated uint8 (3,64,64) images + labels (default)")
+    bench.add_argument("--samples", type=_positive, default=None, help="generated samples (default 60000)")
     bench.add_argument("--batch-size", type=_positive, default=256)
-    bench.add_argument("--workers", type=_ints, default=(0, 2), help="comma-separated, e.g. 0,2")
-    bench.add_argument("--order", type=_orders, default=("seq", "shuffle"), help="seq,shuffle")
-    bench.add_argument("--samples", type=_positive, default=None, help="synthetic samples (default 60000)")
-    bench.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    bench.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    bench.set_defaults(func=_cmd_bench)
+    bench.add_argument("--workers", type=_ints, default=None, help="comma-separated, e.g. 0,2 (default 0,2)")
+    bench.add_argument("--order", type=_orders, default=None, help="seq,shuffle,block (default all)")
+    bench.add_argument(
+        "--contenders",
+        type=_contenders,
+        default=None,
+        help="default,zcopy,tensordict,hf (default: every one installed)",
+    )
+    bench.add_argument("--repeats", type=_positive, default=None, help="processes per contender and cell")
+    bench.add_argument("--epochs", type=_positive, default=None, help="timed passes per process")
+    bench.add_argument("--max-pass-s", type=_seconds, default=None, help="a timed pass stops after this long")
+    bench.add_argument("--threads", type=_positive, default=None, help="torch threads per contender (default 1)")
+    bench.add_argument("--cache", type=Path, default=None, help="where generated and converted data live")
+    bench.add_argument("--quick", action="store_true", help="a smaller, faster run (< 2 minutes)")
+    bench.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the record as JSON here")
+    bench.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write a bar chart here")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    bench.set_defaults(func=_cmd_bench, parser=bench)
 
     exp = sub.add_parser("explain", help="the copy report of a DataLoader over .npy files")
     exp.add_argument("fields", nargs="+", metavar="NAME=PATH.npy")
@@ -133,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     return int(args.func(args))
 
 

@@ -1,6 +1,19 @@
-"""The benchmark behind ``zcopy-data bench``: zcopy_data against the default PyTorch path."""
+"""The benchmark behind ``zcopy-data bench``: zcopy_data against the default PyTorch path and peers."""
 
-from zcopy_data.benchmark.data import make_synthetic
+from zcopy_data.benchmark.data import DataSource, make_synthetic, open_source, synthetic_source
+from zcopy_data.benchmark.report import format_markdown, format_table, plot
 from zcopy_data.benchmark.runner import BenchConfig, run_bench
+from zcopy_data.benchmark.schema import validate_result
 
-__all__ = ["BenchConfig", "make_synthetic", "run_bench"]
+__all__ = [
+    "BenchConfig",
+    "DataSource",
+    "format_markdown",
+    "format_table",
+    "make_synthetic",
+    "open_source",
+    "plot",
+    "run_bench",
+    "synthetic_source",
+    "validate_result",
+]

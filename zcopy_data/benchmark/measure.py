@@ -1,46 +1,137 @@
-"""One measurement, in its own process: ``python -m zcopy_data.benchmark.measure '<json>'``.
+"""Measurements, each in a fresh process.
 
-A fresh process per measurement gives every contender the same allocator and page-cache state.
+``python -m zcopy_data.benchmark.measure '<json spec>'`` runs one and prints its JSON result.
+``python -m zcopy_data.benchmark.measure --serve`` is the runner's fork server: it imports torch,
+zcopy_data and the installed peers once, then forks a fresh child for every spec line it reads
+on stdin and writes the child's JSON result as one line. Every measurement so starts from the
+same untouched allocator state (glibc keeping or returning freed buffers makes the default path
+swing by half from run to run) without paying seconds of imports each time.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import resource
 import sys
 import time
+import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zcopy_data.benchmark.contenders import build_loader
+from zcopy_data.benchmark.contenders import CONTENDERS, batch_len, build_loader, make_batch_sampler
+from zcopy_data.benchmark.data import DataSource
+from zcopy_data.benchmark.limits import measure_limits
 
-__all__ = ["measure"]
+__all__ = ["measure", "memory_mib"]
+
+_SAMPLE_EVERY = 16  # batches between memory samples
+
+
+def memory_mib() -> float:
+    """Resident anonymous + shared memory of this process (MiB): what a loader allocates, not the file
+    pages it maps (those are page cache, shared with every process reading the file)."""
+    total_kib = 0
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def _timed_pass(loader: Iterable[Any], epoch: int, cap_s: float, peak: list[float]) -> float:
+    """Samples/s over one epoch, or over the batches that fit in ``cap_s`` seconds."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    n = batches = 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        n += batch_len(batch)
+        batches += 1
+        if batches % _SAMPLE_EVERY == 0:
+            peak[0] = max(peak[0], memory_mib())
+        if time.perf_counter() - t0 > cap_s:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def _ledger_copies(loader: Any) -> float:
+    """Copies of the batch's bytes per batch, read from zcopy_data's copy ledger."""
+    from zcopy_data import explain
+
+    ledger = explain(loader, batches=4)
+    assembled = sum(r.bytes_viewed + r.bytes_copied for r in ledger.rows if r.stage == "collate")
+    return ledger.bytes_copied / assembled if assembled else 0.0
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Warm up one epoch, then time ``epochs`` epochs; samples/s of each epoch."""
+    """Warm up one pass, then time ``epochs`` passes; samples/s of each."""
     torch.set_num_threads(int(spec.get("threads", 1)))
-    paths = {k: Path(v) for k, v in spec["paths"].items()}
-    loader = build_loader(spec["contender"], paths, spec["order"], spec["batch_size"], spec["workers"], spec["seed"])
-    rates, nbytes = [], 0
-    for epoch in range(1 + spec["epochs"]):
-        n = 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            n += len(batch["label"])
-            if epoch == 1:
-                nbytes += sum(t.numel() * t.element_size() for t in batch.values())
-        dt = time.perf_counter() - t0
-        if epoch:  # epoch 0 warms the page cache and the workers up
-            rates.append(n / dt)
+    src = DataSource.from_spec(spec["source"])
+    cap = float(spec["max_pass_s"])
+    if spec["contender"] == "limits":
+        batches = make_batch_sampler(src.n, spec["order"], spec["batch_size"], spec["seed"])
+        return {"limits": measure_limits(src, batches, spec["batch_size"], passes=spec["epochs"], cap_s=cap)}
+    name, workers = spec["contender"], int(spec["workers"])
+    start_mib = memory_mib()  # what the process inherited (torch, peers' imports): not the loader's
+    loader = build_loader(
+        name, src, spec["order"], spec["batch_size"], workers, seed=spec["seed"], cache=Path(spec["cache"])
+    )
+    peak = [start_mib]
+    rates = [_timed_pass(loader, epoch, cap, peak) for epoch in range(1 + spec["epochs"])][1:]
+    counter = CONTENDERS[name].copies
+    copies: float | None
+    if counter is None:
+        copies, basis = _ledger_copies(loader), "ledger: zcopy_data.explain over 4 batches"
+    else:
+        copies, basis = counter(spec["order"], workers)
+    del loader  # stop persistent workers before reading their peak memory
     return {
         "rates": rates,
-        "bytes_per_epoch": nbytes,
+        "copies_per_batch": copies,
+        "copies_basis": basis,
+        "peak_mem_mib": peak[0] - start_mib,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
+def _in_child(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"ok": measure(spec)}
+    except BaseException:
+        return {"error": traceback.format_exc()}
+
+
+def serve(preload: list[str]) -> None:
+    """Fork a fresh child per spec line on stdin; one JSON result line per spec on the original stdout."""
+    for name in preload:
+        importlib.import_module(name)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints of loaders and libraries go to stderr, not into the results
+    for line in sys.stdin:
+        spec = json.loads(line)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: measure, report, leave without running the server's exit handlers
+            os.close(r)
+            with os.fdopen(w, "w") as f:
+                f.write(json.dumps(_in_child(spec)))
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        out.write((data or json.dumps({"error": f"the measuring process died (wait status {status})"})) + "\n")
+        out.flush()
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    if sys.argv[1] == "--serve":
+        serve(sys.argv[2:])
+    else:
+        print(json.dumps(measure(json.loads(sys.argv[1]))))

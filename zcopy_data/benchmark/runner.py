@@ -1,133 +1,414 @@
-"""Run every contender x order x workers cell, alternating, each in a fresh process."""
+"""Run every contender x order x workers cell, alternating, each in a fresh process.
+
+Method: the same files and the same sampler seed for everyone; every measurement is its own
+process (same allocator and page-cache state); within each repeat the contenders of a cell run
+back to back, in reversed order every other repeat, so machine drift hits all of them alike; each
+process warms up one pass, then times ``epochs`` passes; rows report medians over all passes of
+all repeats. The machine's gather limit is measured in the same run, between the contenders.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from zcopy_data.benchmark.data import make_synthetic
+from zcopy_data.benchmark.contenders import CONTENDERS, ORDERS, available
+from zcopy_data.benchmark.data import DataSource, default_cache_dir, synthetic_source
+from zcopy_data.benchmark.limits import LIMITS
 
-__all__ = ["BenchConfig", "format_table", "run_bench"]
+__all__ = ["SCHEMA_VERSION", "BenchConfig", "machine_info", "run_bench"]
+
+SCHEMA_VERSION = 1
+
+_LIBRARIES = ("torch", "numpy", "zcopy-data", "tensordict", "datasets", "pyarrow", "matplotlib", "tqdm")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure; ``quick()`` is the demo's smaller version."""
+    """What to measure.
+
+    Attributes:
+        source: a folder of ``.npy`` files or one ``.npy``; ``None`` generates ``n`` uint8
+            ``shape`` images with int64 labels (written once, cached).
+        contenders: names from :data:`~zcopy_data.benchmark.contenders.CONTENDERS`; ``None``
+            means every one that imports here (peers that are not installed are skipped).
+        repeats: processes per contender and cell; ``epochs``: timed passes per process.
+        max_pass_s: a pass stops after this many seconds (slow peers would otherwise take minutes).
+        threads: torch intra-op threads of every contender (1 by default, so that the 1-thread
+            gather limit is the ceiling of a 0-worker loader; torch's own default is all cores).
+    """
 
     n: int = 60_000
     shape: tuple[int, ...] = (3, 64, 64)
+    source: Path | None = None
     batch_size: int = 256
-    orders: tuple[str, ...] = ("seq", "shuffle")
+    orders: tuple[str, ...] = ORDERS
     workers: tuple[int, ...] = (0, 2)
-    contenders: tuple[str, ...] = ("default", "zcopy")
+    contenders: tuple[str, ...] | None = None
     repeats: int = 3
-    epochs: int = 2
+    epochs: int = 3
+    max_pass_s: float = 1.5
     seed: int = 0
-    data_dir: Path | None = None
+    threads: int = 1
+    cache_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"{self.batch_size=} should be >= 1")
+            raise ValueError(f"batch_size={self.batch_size} should be >= 1")
+        if self.n < 1:
+            raise ValueError(f"n={self.n} should be >= 1")
         if self.repeats < 1 or self.epochs < 1:
-            raise ValueError(f"{self.repeats=} and {self.epochs=} should be >= 1")
+            raise ValueError(f"repeats={self.repeats} and epochs={self.epochs} should be >= 1")
+        if self.threads < 1:
+            raise ValueError(f"threads={self.threads} should be >= 1")
+        if self.max_pass_s <= 0:
+            raise ValueError(f"max_pass_s={self.max_pass_s} should be > 0")
+        if not self.orders or not self.workers:
+            raise ValueError("orders and workers each need at least one value")
         for order in self.orders:
-            if order not in ("seq", "shuffle"):
-                raise ValueError(f"order {order!r} should be one of 'seq', 'shuffle'")
+            if order not in ORDERS:
+                raise ValueError(f"order {order!r} should be one of {', '.join(ORDERS)}")
+        if any(w < 0 for w in self.workers):
+            raise ValueError(f"workers={self.workers} should all be >= 0")
+        for name in self.contenders or ():
+            if name not in CONTENDERS:
+                raise ValueError(f"contender {name!r} should be one of {', '.join(CONTENDERS)}")
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
-        base: dict[str, Any] = {"n": 20_000, "repeats": 1, "epochs": 2, "workers": (0,)}
+        """A smaller run (< 2 minutes): 20k samples, no workers, one repeat of two timed passes."""
+        base: dict[str, Any] = {"n": 20_000, "repeats": 1, "epochs": 2, "workers": (0,), "max_pass_s": 1.0}
         return cls(**{**base, **kw})
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "shape": list(self.shape),
+            "source": None if self.source is None else str(self.source),
+            "batch_size": self.batch_size,
+            "orders": list(self.orders),
+            "workers": list(self.workers),
+            "contenders": None if self.contenders is None else list(self.contenders),
+            "repeats": self.repeats,
+            "epochs": self.epochs,
+            "max_pass_s": self.max_pass_s,
+            "seed": self.seed,
+            "threads": self.threads,
+        }
 
-def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "zcopy_data.benchmark.measure", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark run {spec['contender']}/{spec['order']} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        if dist == "zcopy-data":
+            import zcopy_data
+
+            return zcopy_data.__version__
+        return None
 
 
-def run_bench(cfg: BenchConfig, *, log: Any = print) -> dict[str, Any]:
-    """Measure and return a JSON-ready record (machine, versions, one row per cell)."""
-    paths = make_synthetic(cfg.n, cfg.shape, folder=cfg.data_dir, seed=cfg.seed)
-    cells = [(o, w) for w in cfg.workers for o in cfg.orders]
-    samples: dict[tuple[str, str, int], list[float]] = {}
-    peak: dict[tuple[str, str, int], float] = {}
-    for rep in range(cfg.repeats):
-        for order, workers in cells:
-            # Alternate contenders within each cell so machine drift cancels out.
-            for name in cfg.contenders if rep % 2 == 0 else tuple(reversed(cfg.contenders)):
-                spec = {
-                    "contender": name,
-                    "order": order,
-                    "workers": workers,
-                    "batch_size": cfg.batch_size,
-                    "epochs": cfg.epochs,
-                    "seed": cfg.seed,
-                    "paths": {k: str(v) for k, v in paths.items()},
-                }
-                res = _run_one(spec)
-                key = (name, order, workers)
-                samples.setdefault(key, []).extend(res["rates"])
-                peak[key] = max(peak.get(key, 0.0), res["peak_rss_mib"])
-                log(f"  {name:<8} {order:<8} workers={workers}  {statistics.median(res['rates']):>12,.0f} samples/s")
-    sample_bytes = int(np.prod(cfg.shape)) + 8
-    rows = []
-    for (name, order, workers), rates in samples.items():
-        med = statistics.median(rates)
-        base = (
-            statistics.median(samples[("default", order, workers)]) if ("default", order, workers) in samples else None
-        )
-        rows.append(
-            {
-                "contender": name,
-                "order": order,
-                "workers": workers,
-                "samples_per_s": med,
-                "gb_per_s": med * sample_bytes / 1e9,
-                "ratio_to_default": (med / base) if base else None,
-                "runs": len(rates),
-                "peak_rss_mib": peak[(name, order, workers)],
-            }
-        )
+def _proc_value(path: str, key: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """This machine and the library versions, for the JSON record."""
+    mem = _proc_value("/proc/meminfo", "MemTotal")
     return {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "data_dir"},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
-        "rows": rows,
+        "cpus": os.cpu_count(),
+        "cpu_model": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or None,
+        "memory_gib": None if mem is None else round(int(mem.split()[0]) / 2**20, 1),
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": {d: _version(d) for d in _LIBRARIES},
     }
 
 
-def format_table(result: dict[str, Any]) -> str:
-    head = f"{'contender':<10} {'order':<8} {'workers':>7} {'samples/s':>12} {'GB/s':>6} {'x default':>9}"
-    lines = [head, "-" * len(head)]
-    for r in sorted(result["rows"], key=lambda r: (r["workers"], r["order"], r["contender"])):
-        ratio = "" if r["ratio_to_default"] is None else f"{r['ratio_to_default']:.1f}x"
-        lines.append(
-            f"{r['contender']:<10} {r['order']:<8} {r['workers']:>7} {r['samples_per_s']:>12,.0f} "
-            f"{r['gb_per_s']:>6.2f} {ratio:>9}"
+_CHILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+class _ForkServer:
+    """``measure --serve`` in a subprocess: one fresh forked process per measurement."""
+
+    def __init__(self, preload: list[str]) -> None:
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zcopy_data.benchmark.measure", "--serve", *preload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env={**os.environ, **_CHILD_ENV},
         )
-    return "\n".join(lines)
+
+    def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        line = ""
+        try:
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            pass
+        reply: dict[str, Any] = (
+            json.loads(line) if line else {"error": "the fork server exited:\n" + self._stderr_tail()}
+        )
+        if "error" in reply:
+            what = f"{spec['contender']}/{spec['order']}/workers={spec['workers']}"
+            raise RuntimeError(f"benchmark run {what} failed:\n{reply['error']}")
+        result: dict[str, Any] = reply["ok"]
+        return result
+
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-3000:]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
+
+
+def _warm_page_cache(src: DataSource) -> None:
+    """Read every file once so the first contender does not pay for the disk."""
+    for p in src.paths.values():
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+class _Progress:
+    """A tqdm bar over the measuring processes when asked, else plain log lines."""
+
+    def __init__(self, total: int, enabled: bool, log: Any) -> None:
+        self.log = log
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="run", desc="bench", file=sys.stderr, dynamic_ncols=True)
+
+    def start(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(what)
+
+    def done(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        else:
+            self.log(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _plan(cfg: BenchConfig, names: list[str]) -> list[tuple[str, str, int]]:
+    plan: list[tuple[str, str, int]] = []
+    for rep in range(cfg.repeats):
+        for workers in cfg.workers:
+            for order in cfg.orders:
+                if workers == cfg.workers[0]:
+                    plan.append(("limits", order, 0))  # the limit takes no workers: once per order and repeat
+                # Alternate contenders within each cell so machine drift cancels out.
+                for name in names if rep % 2 == 0 else reversed(names):
+                    plan.append((name, order, workers))
+    return plan
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> dict[str, Any]:
+    """Measure every cell and return the JSON-ready record (see :mod:`zcopy_data.benchmark.schema`)."""
+    started = time.perf_counter()
+    cache = Path(cfg.cache_dir or default_cache_dir())
+    src = synthetic_source(cfg.n, cfg.shape, folder=cache, seed=cfg.seed) if cfg.source is None else None
+    if src is None:
+        from zcopy_data.benchmark.data import open_source
+
+        src = open_source(cfg.source)  # type: ignore[arg-type]
+    skipped: list[dict[str, str]] = []
+    names: list[str] = []
+    for name in cfg.contenders or tuple(CONTENDERS):
+        ok, why = available(name)
+        prepare = CONTENDERS[name].prepare
+        if ok and prepare is not None:
+            log(f"preparing {name}'s copy of the data (once, cached in {cache}) ...")
+            try:
+                prepare(src, cache)
+            except (ValueError, TypeError) as err:
+                ok, why = False, f"could not convert the data for {name}: {err}"
+        if ok:
+            names.append(name)
+        else:
+            skipped.append({"contender": name, "reason": why})
+            log(f"skipping {name}: {why}")
+    if cfg.batch_size > src.n:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {src.n} samples of {src.origin}")
+    _warm_page_cache(src)
+
+    base = {
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "max_pass_s": cfg.max_pass_s,
+        "threads": cfg.threads,
+        "source": src.to_spec(),
+        "cache": str(cache),
+    }
+    rates: dict[tuple[str, str, int], list[float]] = {}
+    limit_rates: dict[tuple[str, str], list[float]] = {}
+    info: dict[tuple[str, str, int], dict[str, Any]] = {}
+    plan = _plan(cfg, names)
+    server = _ForkServer([r for n in names if (r := CONTENDERS[n].requires)])
+    bar = _Progress(len(plan), progress, log)
+    try:
+        for name, order, workers in plan:
+            bar.start(f"{name} {order} w={workers}")
+            res = server.run({**base, "contender": name, "order": order, "workers": workers})
+            if name == "limits":
+                for kind, values in res["limits"].items():
+                    limit_rates.setdefault((order, kind), []).extend(values)
+                bar.done(f"  limit    {order:<8}            {_median(res['limits']['gather_1t']):>12,.0f} samples/s")
+                continue
+            key = (name, order, workers)
+            rates.setdefault(key, []).extend(res["rates"])
+            prev = info.get(key)
+            info[key] = {
+                "copies_per_batch": res["copies_per_batch"],
+                "copies_basis": res["copies_basis"],
+                "peak_mem_mib": max(res["peak_mem_mib"], prev["peak_mem_mib"] if prev else 0.0),
+                "peak_rss_mib": max(res["peak_rss_mib"], prev["peak_rss_mib"] if prev else 0.0),
+            }
+            bar.done(f"  {name:<10} {order:<8} workers={workers}  {_median(res['rates']):>12,.0f} samples/s")
+    finally:
+        bar.close()
+        server.close()
+    return _record(cfg, src, names, skipped, rates, limit_rates, info, time.perf_counter() - started)
+
+
+def _record(
+    cfg: BenchConfig,
+    src: DataSource,
+    names: list[str],
+    skipped: list[dict[str, str]],
+    rates: dict[tuple[str, str, int], list[float]],
+    limit_rates: dict[tuple[str, str], list[float]],
+    info: dict[tuple[str, str, int], dict[str, Any]],
+    wall_s: float,
+) -> dict[str, Any]:
+    gb = src.sample_bytes / 1e9
+    limits: dict[str, dict[str, dict[str, Any]]] = {
+        order: {
+            kind: {
+                "description": LIMITS[kind],
+                "samples_per_s": _median(limit_rates[(order, kind)]),
+                "gb_per_s": _median(limit_rates[(order, kind)]) * gb,
+                "runs": len(limit_rates[(order, kind)]),
+            }
+            for kind in LIMITS
+        }
+        for order in cfg.orders
+    }
+    rows = []
+    for workers in cfg.workers:
+        for order in cfg.orders:
+            for name in names:
+                key = (name, order, workers)
+                med = _median(rates[key])
+                base = rates.get(("default", order, workers))
+                lim = limits[order]
+                rows.append(
+                    {
+                        "contender": name,
+                        "order": order,
+                        "workers": workers,
+                        "samples_per_s": med,
+                        "gb_per_s": med * gb,
+                        **info[key],
+                        "ratio_to_default": med / _median(base) if base else None,
+                        "fraction_of_gather_1t": med / lim["gather_1t"]["samples_per_s"],
+                        "fraction_of_index_select_all": med / lim["index_select_all"]["samples_per_s"],
+                        "runs": len(rates[key]),
+                        "rates": rates[key],
+                    }
+                )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "wall_s": round(wall_s, 1),
+        "config": cfg.to_json(),
+        "data": {
+            "origin": src.origin,
+            "n": src.n,
+            "sample_bytes": src.sample_bytes,
+            "fields": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in src.fields.items()},
+        },
+        "machine": machine_info(),
+        "contenders": {n: CONTENDERS[n].title for n in names},
+        "skipped": skipped,
+        "limits": limits,
+        "rows": rows,
+        "targets": _targets(rows) if _is_reference(cfg, src) else [],
+    }
+
+
+def _is_reference(cfg: BenchConfig, src: DataSource) -> bool:
+    """The project's goals are stated for generated uint8 (3, 64, 64) images at batch 256, torch on 1 thread."""
+    return src.origin == "synthetic" and cfg.shape == (3, 64, 64) and cfg.batch_size == 256 and cfg.threads == 1
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The project's goals for shuffled, 0-worker zcopy_data, where this run measured them."""
+    row = next((r for r in rows if (r["contender"], r["order"], r["workers"]) == ("zcopy", "shuffle", 0)), None)
+    if row is None:
+        return []
+    out = [
+        {
+            "name": "zcopy shuffle 0 workers: fraction of the 1-thread gather limit",
+            "value": row["fraction_of_gather_1t"],
+            "goal": 0.8,
+        }
+    ]
+    if row["ratio_to_default"] is not None:
+        out.append({"name": "zcopy shuffle 0 workers: x default path", "value": row["ratio_to_default"], "goal": 4.0})
+    for t in out:
+        t["met"] = bool(t["value"] >= t["goal"])
+    return out

@@ -1,0 +1,146 @@
+"""A tiny real run (fresh processes, real loaders): its JSON record, table and chart. No timings asserted."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from zcopy_data.benchmark import BenchConfig, format_markdown, format_table, plot, run_bench, validate_result
+from zcopy_data.benchmark.contenders import CONTENDERS, available
+from zcopy_data.benchmark.runner import _targets
+
+INSTALLED = [n for n in CONTENDERS if available(n)[0]]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(2)
+    np.save(folder / "image.npy", rng.integers(0, 256, size=(400, 3, 8, 8), dtype=np.uint8))
+    np.save(folder / "label.npy", np.arange(400, dtype=np.int64))
+    cfg = BenchConfig(
+        source=folder,
+        batch_size=64,
+        workers=(0, 1),
+        repeats=1,
+        epochs=1,
+        max_pass_s=0.05,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+    )
+    return run_bench(cfg, log=lambda *_: None)
+
+
+def test_record_matches_schema(result: dict[str, Any]) -> None:
+    validate_result(result)
+    validate_result(json.loads(json.dumps(result)))  # JSON-ready: no tuples, paths or numpy scalars
+
+
+def test_every_installed_contender_has_every_cell(result: dict[str, Any]) -> None:
+    cells = {(r["contender"], r["order"], r["workers"]) for r in result["rows"]}
+    assert cells == {(n, o, w) for n in INSTALLED for o in ("seq", "shuffle", "block") for w in (0, 1)}
+    assert {s["contender"] for s in result["skipped"]} == set(CONTENDERS) - set(INSTALLED)
+    assert set(result["contenders"]) == set(INSTALLED)
+
+
+def test_rows_are_consistent(result: dict[str, Any]) -> None:
+    sample_bytes = 3 * 8 * 8 + 8
+    assert result["data"]["sample_bytes"] == sample_bytes
+    for r in result["rows"]:
+        assert r["gb_per_s"] == pytest.approx(r["samples_per_s"] * sample_bytes / 1e9)
+        assert r["runs"] == 1
+        lim = result["limits"][r["order"]]["gather_1t"]["samples_per_s"]
+        assert r["fraction_of_gather_1t"] == pytest.approx(r["samples_per_s"] / lim)
+        if r["contender"] == "default":
+            assert r["ratio_to_default"] == pytest.approx(1.0)
+    zcopy = {(r["order"], r["workers"]): r["copies_per_batch"] for r in result["rows"] if r["contender"] == "zcopy"}
+    assert zcopy[("seq", 0)] == 0.0  # a view
+    assert zcopy[("shuffle", 0)] == 1.0  # one gather
+    assert zcopy[("shuffle", 1)] == 1.0  # gathered into shared memory: the crossing is a handle
+
+
+def test_machine_and_versions(result: dict[str, Any]) -> None:
+    m = result["machine"]
+    assert m["cpus"] >= 1
+    assert m["libraries"]["torch"] and m["libraries"]["numpy"] and m["libraries"]["zcopy-data"]
+    for library, contender in (("tensordict", "tensordict"), ("datasets", "hf")):
+        assert (m["libraries"][library] is not None) == (contender in INSTALLED)
+
+
+def test_targets_only_for_the_reference_data(result: dict[str, Any]) -> None:
+    assert result["targets"] == []  # the goals are stated for generated (3, 64, 64) images at batch 256
+    targets = _targets(result["rows"])
+    assert [t["goal"] for t in targets] == [0.8, 4.0]
+    zcopy = next(r for r in result["rows"] if (r["contender"], r["order"], r["workers"]) == ("zcopy", "shuffle", 0))
+    assert targets[0]["value"] == zcopy["fraction_of_gather_1t"]
+    assert targets[1]["value"] == zcopy["ratio_to_default"]
+    for t in targets:
+        assert t["met"] == (t["value"] >= t["goal"])
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("rows", 0, "samples_per_s"), "fast", r"rows\[0\]\.samples_per_s: expected int or float, found str"),
+        (("rows", 0, "workers"), True, r"rows\[0\]\.workers: expected int, found bool"),
+        (("machine", "cpus"), None, r"machine\.cpus: expected int"),
+        (("rows", 0, "order"), "zigzag", r"'zigzag' has no entry in result\.limits"),
+        (("rows", 0, "runs"), 5, r"runs=5 but 1 rates"),
+        (("limits", "seq", "gather_1t", "gb_per_s"), "x", r"limits\.seq\.gather_1t\.gb_per_s"),
+    ],
+)
+def test_schema_rejects_wrong_types(result: dict[str, Any], path: tuple[Any, ...], value: Any, message: str) -> None:
+    bad = copy.deepcopy(result)
+    obj = bad
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        validate_result(bad)
+
+
+@pytest.mark.parametrize("key", ["rows", "machine", "limits", "schema_version"])
+def test_schema_rejects_missing_keys(result: dict[str, Any], key: str) -> None:
+    bad = copy.deepcopy(result)
+    del bad[key]
+    with pytest.raises(ValueError, match=f"missing key.*{key}"):
+        validate_result(bad)
+
+
+def test_table_markdown_and_chart(result: dict[str, Any], tmp_path: Path) -> None:
+    table = format_table(result)
+    for name in INSTALLED:
+        assert f"\n{name} " in table
+    assert "limit shuffle" in table
+    md = format_markdown(result).splitlines()
+    assert len(md) == 2 + len(result["rows"])
+    png = plot(result, tmp_path / "sub" / "bench.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"batch_size": 0}, "batch_size=0 should be >= 1"),
+        ({"orders": ("seq", "zigzag")}, "order 'zigzag' should be one of seq, shuffle, block"),
+        ({"workers": (0, -1)}, r"workers=\(0, -1\) should all be >= 0"),
+        ({"contenders": ("default", "ffcv")}, "contender 'ffcv' should be one of"),
+        ({"repeats": 0}, "repeats=0 and epochs=3 should be >= 1"),
+        ({"max_pass_s": 0}, "max_pass_s=0 should be > 0"),
+        ({"threads": 0}, "threads=0 should be >= 1"),
+    ],
+)
+def test_config_errors(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**kw)
+
+
+def test_quick_is_smaller() -> None:
+    quick, full = BenchConfig.quick(), BenchConfig()
+    assert quick.n < full.n and quick.repeats < full.repeats and quick.workers == (0,)
+    assert BenchConfig.quick(n=123).n == 123
