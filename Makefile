@@ -19,8 +19,8 @@ test: $(VENV)/.dev  ## set up, then lint and run the test suite
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-bench: $(VENV)/.bench  ## the full benchmark
-	$(VENV)/bin/zcopy-data bench --json benchmarks/results/bench.json
+bench: $(VENV)/.bench  ## the full benchmark (peers too when installed: pip install 'zcopy-data[bench,peers]')
+	$(VENV)/bin/zcopy-data bench --json benchmarks/results/bench.json --plot benchmarks/results/bench.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
