@@ -18,18 +18,40 @@ __all__ = ["NumpyDataset"]
 Source = np.ndarray[Any, Any] | str | os.PathLike[str]
 
 
+_MAGIC = b"\x93NUMPY"
+_OTHER_FORMATS = {b"PK\x03\x04": "a .npz (zip) archive; pass each of its arrays as its own .npy file"}
+
+
 def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any]:
-    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error."""
+    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error.
+
+    The magic bytes are checked first, so anything that is not a ``.npy`` file (empty, an
+    ``.npz`` archive, a pickle) is refused before NumPy looks at it.
+    """
+    name = os.fspath(path)
     try:
-        return np.load(path, mmap_mode="c", allow_pickle=False)
+        with open(name, "rb") as f:
+            head = f.read(len(_MAGIC))
     except FileNotFoundError:
-        raise FileNotFoundError(f"field {field!r}: no such file {os.fspath(path)!r}") from None
-    except ValueError as err:
+        raise FileNotFoundError(f"field {field!r}: no such file {name!r}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"field {field!r}: {name!r} is a directory, not a .npy file") from None
+    if head != _MAGIC:
+        what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
+        found = what or (f"it starts with {head!r}" if head else "it is empty")
         raise SchemaError(
-            f"field {field!r}: {os.fspath(path)!r} is not a readable .npy file of a numeric array ({err}); "
+            f"field {field!r}: {name!r} is not a .npy file ({found}); write it with np.save(path, array)",
+            field=field,
+        )
+    try:
+        arr: np.ndarray[Any, Any] = np.load(name, mmap_mode="c", allow_pickle=False)
+    except (ValueError, EOFError) as err:
+        raise SchemaError(
+            f"field {field!r}: {name!r} is not a readable .npy file of a numeric array ({err}); "
             "write it with np.save(path, array) and a numeric dtype",
             field=field,
         ) from None
+    return arr
 
 
 class NumpyDataset(ZeroCopyDataset):
