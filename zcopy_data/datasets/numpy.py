@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from zcopy_data._dtypes import dtype_name
 from zcopy_data._mapping import remap_private
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import CopyRequiredError, SchemaError
@@ -54,6 +55,18 @@ def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any
     return arr
 
 
+def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
+    """Refuse a non-native column up front: ``copy=True`` cannot help it, so do not suggest it."""
+    if arr.dtype.isnative:
+        return
+    native = repr(arr.dtype.newbyteorder("=").str)
+    raise CopyRequiredError(
+        f"field {name!r}: {what} {dtype_name(arr.dtype)}; torch has no non-native byte order, so every "
+        f"read would need a byte swap. Convert it once: {fix.format(native)}",
+        field=name,
+    )
+
+
 class NumpyDataset(ZeroCopyDataset):
     """Named columns, each an ``np.ndarray`` or a path to a ``.npy`` file (first axis = sample).
 
@@ -91,13 +104,16 @@ class NumpyDataset(ZeroCopyDataset):
         if isinstance(src, (str, os.PathLike)):
             # A plain ndarray view of the np.memmap: same pages, without np.memmap's
             # per-slice Python hook (it costs more than the slice itself).
-            return load_npy(src, field=name).view(np.ndarray)
+            arr = load_npy(src, field=name).view(np.ndarray)
+            _check_byte_order(name, arr, f"{os.fspath(src)!r} stores", "np.save(path, np.load(path).astype({}))")
+            return arr
         if not isinstance(src, np.ndarray):
             raise SchemaError(
                 f"field {name!r}: expected an np.ndarray or a .npy path, found {type(src).__name__}; "
                 "convert once with np.asarray(...)",
                 field=name,
             )
+        _check_byte_order(name, src, "the array is", "pass arr.astype({}) (one copy, once)")
         if src.dtype.kind == "O":
             raise SchemaError(f"field {name!r}: object arrays cannot be zero-copy; store a numeric dtype", field=name)
         if not src.flags.writeable:
