@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -32,18 +33,11 @@ def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
-            head = f.read(len(_MAGIC))
+            _check_header(f, name, field)
     except FileNotFoundError:
         raise FileNotFoundError(f"field {field!r}: no such file {name!r}") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"field {field!r}: {name!r} is a directory, not a .npy file") from None
-    if head != _MAGIC:
-        what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
-        found = what or (f"it starts with {head!r}" if head else "it is empty")
-        raise SchemaError(
-            f"field {field!r}: {name!r} is not a .npy file ({found}); write it with np.save(path, array)",
-            field=field,
-        )
     try:
         arr: np.ndarray[Any, Any] = np.load(name, mmap_mode="c", allow_pickle=False)
     except (ValueError, EOFError) as err:
@@ -53,6 +47,39 @@ def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any
             field=field,
         ) from None
     return arr
+
+
+def _check_header(f: BinaryIO, name: str, field: str) -> None:
+    """Refuse a file that is not a ``.npy``, stores Python objects, or is smaller than its header says.
+
+    Sizes are computed with Python ints, so a header declaring an absurd shape is refused here
+    instead of overflowing inside ``np.memmap``.
+    """
+
+    def refuse(why: str) -> SchemaError:
+        return SchemaError(f"field {field!r}: {name!r} {why}; write it with np.save(path, array)", field=field)
+
+    head = f.read(len(_MAGIC))
+    if head != _MAGIC:
+        what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
+        raise refuse(f"is not a .npy file ({what or (f'it starts with {head!r}' if head else 'it is empty')})")
+    version = f.read(2)
+    if len(version) < 2 or (version[0], version[1]) not in ((1, 0), (2, 0), (3, 0)):
+        raise refuse(f"is not a .npy file NumPy can read (format version {tuple(version)})")
+    read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+    try:
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError) as err:
+        raise refuse(f"has an unreadable .npy header ({err})") from None
+    if dtype.hasobject:
+        raise refuse("stores Python objects (pickled data), which are never loaded; store a numeric dtype")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    size = os.fstat(f.fileno()).st_size
+    if f.tell() + declared > size:
+        raise refuse(
+            f"is truncated: its header declares shape {tuple(shape)} of {dtype.str} = {declared} bytes "
+            f"after a {f.tell()}-byte header, the file has {size} bytes"
+        )
 
 
 def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
