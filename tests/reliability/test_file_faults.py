@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from tests.reliability.conftest import run_isolated
+from tests.reliability.support import run_isolated
 from zcopy_data import CopyRequiredError, NumpyDataset, SchemaError, zero_copy_collate
 
 

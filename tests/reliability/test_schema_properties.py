@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+from tests.reliability.support import consume
 from zcopy_data import (
     DtypeDriftError,
     Field,
@@ -177,4 +178,4 @@ def test_per_sample_drift_names_the_dataset_index_through_a_loader(workers: int,
     with pytest.raises(
         DtypeDriftError, match=rf"field 'x' at index {bad}: expected float32( \(as sample \d+\))?, found float64"
     ):
-        list(loader)
+        consume(loader)
