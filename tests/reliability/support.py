@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import get_worker_info
+
+from zcopy_data import NumpyDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHM = Path("/dev/shm")
@@ -52,3 +57,32 @@ def consume(loader: Iterable[Any]) -> list[Any]:
         shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
         if shutdown is not None:
             shutdown()
+
+
+class ExitingDataset(NumpyDataset):
+    """A ``NumpyDataset`` whose worker process dies (``os._exit``) on the batch holding ``fatal``.
+
+    Lives in an importable module so that spawned workers can unpickle it.
+    """
+
+    def __init__(self, columns: dict[str, Any], fatal: int, code: int = 7) -> None:
+        super().__init__(columns)
+        self.fatal, self.code = fatal, code
+
+    def __getitems__(self, indices: Any) -> Any:
+        if get_worker_info() is not None and self.fatal in list(indices):
+            os._exit(self.code)
+        return super().__getitems__(indices)
+
+
+class SleepingDataset(NumpyDataset):
+    """A ``NumpyDataset`` whose workers hang on the batch holding ``stuck`` (a deadlock stand-in)."""
+
+    def __init__(self, columns: dict[str, Any], stuck: int, seconds: float = 60) -> None:
+        super().__init__(columns)
+        self.stuck, self.seconds = stuck, seconds
+
+    def __getitems__(self, indices: Any) -> Any:
+        if get_worker_info() is not None and self.stuck in list(indices):
+            time.sleep(self.seconds)
+        return super().__getitems__(indices)
