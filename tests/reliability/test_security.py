@@ -105,8 +105,8 @@ def _calls(tree: ast.AST) -> list[ast.Call]:
 
 def _keyword(call: ast.Call, name: str) -> object:
     for kw in call.keywords:
-        if kw.arg == name and isinstance(kw.value, ast.Constant):
-            return kw.value.value
+        if kw.arg == name:
+            return kw.value.value if isinstance(kw.value, ast.Constant) else "<computed>"
     return "<missing>"
 
 
