@@ -141,8 +141,10 @@ from zcopy_data import zero_copy_collate
 ctx, strategy, shuffle = sys.argv[1], sys.argv[2], sys.argv[3] == "shuffle"
 torch.multiprocessing.set_sharing_strategy(strategy)
 src = np.arange(400 * 64, dtype=np.float32).reshape(400, 64)
-ds = ExitingDataset({"x": src, "i": np.arange(400)}, fatal=220)
-loader = DataLoader(ds, batch_size=20, num_workers=2, shuffle=shuffle, collate_fn=zero_copy_collate,
+# a fixed order, shuffled (gathers) or not (views); the fatal index sits in batch 11 either way
+order = np.random.default_rng(0).permutation(400) if shuffle else np.arange(400)
+ds = ExitingDataset({"x": src, "i": np.arange(400)}, fatal=int(order[11 * 20 + 3]))
+loader = DataLoader(ds, batch_size=20, num_workers=2, sampler=order.tolist(), collate_fn=zero_copy_collate,
                     timeout=30, multiprocessing_context=ctx)
 report = {"batches": 0, "wrong": 0, "error": None, "held_segments": 0}
 started = time.monotonic()
@@ -183,7 +185,7 @@ def test_a_killed_worker_is_a_clear_error_with_no_hang_and_no_leaked_segment(ctx
     assert report["error"].startswith(expected), report
     assert report["seconds"] < 30, report  # the loader timeout was never needed
     assert report["wrong"] == 0, report
-    assert report["batches"] < 20, report
+    assert 0 < report["batches"] <= 11, report  # batch 11 never arrives; the ones before it may
     if strategy == "file_system":
         assert report["held_segments"] > 0, report  # the check below can see segments when they exist
     assert torch_segments(report["pids"]) == [], "shared-memory segments outlived the process"
@@ -221,6 +223,8 @@ def test_completed_epochs_leave_no_segment_behind() -> None:
     proc = run_isolated(SEGMENTS_AFTER_EPOCHS, "fork")
     assert proc.returncode == 0, proc.stderr[-1500:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert min(report["while_held"]) >= 10, report  # one segment per held batch: the count is real
-    assert report["after"] <= 2 * 2 * 2, report  # at most the next epoch's prefetch (workers x prefetch)
-    assert torch_segments(report["pids"]) == []
+    held = report["while_held"]
+    assert min(held) >= 10, report  # at least one segment per held batch: the count is real
+    assert max(held) <= held[0] + 2 * 2 * 2, report  # no growth from epoch to epoch (beyond one prefetch)
+    assert report["after"] <= max(held), report  # released batches do not leave more segments behind
+    assert torch_segments(report["pids"]) == [], "segments outlived the process"
