@@ -131,6 +131,11 @@ def strict_asarray(
     want = None if dtype is None else to_torch_dtype(dtype)
     dev = as_device(device)
     if copy:
+        if isinstance(obj, np.ndarray) and (not obj.dtype.isnative or any(s < 0 for s in obj.strides)):
+            # torch cannot read these layouts at all; this NumPy copy is the one the caller opted into
+            # (np.ascontiguousarray would keep a size-1 axis's negative stride: NumPy calls it contiguous)
+            native = np.array(obj, dtype=obj.dtype.newbyteorder("="), order="C", copy=True)
+            return torch.asarray(native, dtype=want, device=dev)
         return torch.asarray(obj, dtype=want, device=dev, copy=True)
 
     if isinstance(obj, torch.Tensor):
