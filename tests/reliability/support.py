@@ -60,7 +60,9 @@ def consume(loader: Iterable[Any]) -> list[Any]:
 
 
 class ExitingDataset(NumpyDataset):
-    """A ``NumpyDataset`` whose worker process dies (``os._exit``) on the batch holding ``fatal``.
+    """A ``NumpyDataset`` whose worker process dies on the batch holding ``fatal``.
+
+    ``code >= 0`` exits with ``os._exit(code)``; ``code < 0`` kills the worker with signal ``-code``.
 
     Lives in an importable module so that spawned workers can unpickle it.
     """
@@ -71,6 +73,9 @@ class ExitingDataset(NumpyDataset):
 
     def __getitems__(self, indices: Any) -> Any:
         if get_worker_info() is not None and self.fatal in list(indices):
+            if self.code < 0:  # die by this signal (a native crash, the OOM killer)
+                os.kill(os.getpid(), -self.code)
+                time.sleep(10)
             os._exit(self.code)
         return super().__getitems__(indices)
 

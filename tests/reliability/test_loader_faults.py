@@ -228,3 +228,43 @@ def test_completed_epochs_leave_no_segment_behind() -> None:
     assert max(held) <= held[0] + 2 * 2 * 2, report  # no growth from epoch to epoch (beyond one prefetch)
     assert report["after"] <= max(held), report  # released batches do not leave more segments behind
     assert torch_segments(report["pids"]) == [], "segments outlived the process"
+
+
+SIGNALLED_WORKERS = """
+import json, signal, time
+import numpy as np
+from torch.utils.data import DataLoader
+from tests.reliability.support import ExitingDataset
+from zcopy_data import zero_copy_collate
+
+src = np.arange(200 * 16, dtype=np.float32).reshape(200, 16)
+report = {}
+for sig in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS):
+    ds = ExitingDataset({"x": src, "i": np.arange(200)}, fatal=103, code=-int(sig))
+    loader = DataLoader(ds, batch_size=10, num_workers=2, collate_fn=zero_copy_collate, timeout=30)
+    it, wrong, started = iter(loader), 0, time.monotonic()
+    try:
+        try:
+            for batch in it:
+                wrong += int(not np.array_equal(batch["x"].numpy(), src[batch["i"].numpy()]))
+        finally:
+            it._shutdown_workers()
+        error = None
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+    report[sig.name] = {"error": error, "wrong": wrong, "seconds": time.monotonic() - started}
+print(json.dumps(report))
+"""
+
+
+def test_a_worker_killed_by_a_signal_is_a_clear_error_in_the_main_process() -> None:
+    """SIGKILL (the OOM killer), SIGSEGV and SIGBUS (a native crash) in a worker: the main process lives on."""
+    proc = run_isolated(SIGNALLED_WORKERS)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, outcome in report.items():
+        assert outcome["error"] is not None, (name, outcome)
+        expected = ("RuntimeError: DataLoader worker (pid", "ConnectionResetError", "ConnectionRefusedError")
+        assert outcome["error"].startswith(expected), (name, outcome)
+        assert outcome["wrong"] == 0, (name, outcome)
+        assert outcome["seconds"] < 30, (name, outcome)
