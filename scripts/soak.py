@@ -11,6 +11,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=. python scripts/soak.py --epochs 300 --workers 2          # about 5-10 minutes here
     PYTHONPATH=. python scripts/soak.py --epochs 20 --report-every 5      # a quick check
+    PYTHONPATH=. python scripts/soak.py --epochs 300 --block-every 3      # with block-shuffled epochs
 
 Exit status 1 when any integrity check failed or memory grew past ``--max-growth-mib``.
 """
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-every", type=int, default=25)
     ap.add_argument("--hold", type=int, default=32, help="batches held across epochs and re-checked")
     ap.add_argument("--sequential-every", type=int, default=4, help="every k-th epoch runs unshuffled (views)")
+    ap.add_argument(
+        "--block-every", type=int, default=0, help="every k-th epoch runs BlockShuffleSampler (mostly views); 0: never"
+    )
     ap.add_argument("--context", choices=["fork", "spawn", "forkserver"], default="fork")
     ap.add_argument("--strategy", choices=["file_descriptor", "file_system"], default="file_descriptor")
     ap.add_argument("--max-growth-mib", type=float, default=64.0, help="allowed RSS growth after the first report")
@@ -116,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(args.seed)
         shuffled = DataLoader(ds, shuffle=True, generator=g, **common)
         sequential = DataLoader(ds, shuffle=False, **common)
+        block, sampler = None, None
+        if args.block_every:
+            from zcopy_data.samplers import BlockShuffleSampler
+
+            sampler = BlockShuffleSampler(ds, args.batch_size, seed=args.seed)
+            block = DataLoader(ds, batch_sampler=sampler, **{k: v for k, v in common.items() if k != "batch_size"})
         held: deque[tuple[dict[str, torch.Tensor], str]] = deque(maxlen=args.hold)
         failures: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'checked/s':>10} {'failures':>9}", flush=True)  # fmt: skip
         for epoch in range(1, args.epochs + 1):
             loader = sequential if args.sequential_every and epoch % args.sequential_every == 0 else shuffled
+            if block is not None and sampler is not None and epoch % args.block_every == 0:
+                sampler.set_epoch(epoch)
+                loader = block
             it = iter(loader)
             pids.update(worker_pids(it))
             seen = np.zeros(args.samples, np.int64)
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['failures']:>9}", flush=True)  # fmt: skip
             del it
         held.clear()
-        del shuffled, sequential
+        del shuffled, sequential, block
         for message in failures[:20]:
             print("FAIL", message)
         first, last = rows[0], rows[-1]
