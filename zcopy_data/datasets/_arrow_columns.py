@@ -1,0 +1,186 @@
+"""Which Arrow columns can be a zero-copy tensor, and the NumPy view of one column chunk.
+
+A column is zero-copy when every sample is a fixed number of fixed-width values laid out back to
+back in one data buffer: primitive integers and floats, ``FixedSizeList`` (nested for more
+dimensions), the ``arrow.fixed_shape_tensor`` extension type, and variable ``list`` columns whose
+lists all have one length (checked once, from the offsets). Anything else gets an
+:class:`UnsupportedColumnError` naming the column, the reason and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from zcopy_data.datasets._errors import CorruptFileError, UnsupportedColumnError
+
+__all__ = ["ColumnSpec", "chunk_view", "column_spec", "unsupported_reason"]
+
+_SKIP_FIX = "or leave the column out with columns=[...]"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A supported column: element dtype, the list sizes met on the way down (``None`` = from data)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    dims: tuple[int | None, ...]
+
+
+def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
+    """``(reason, fix)`` when no chunk of a column of this type can be zero-copy, else ``None``."""
+    if isinstance(typ, pa.FixedShapeTensorType):
+        if typ.permutation is not None and list(typ.permutation) != sorted(typ.permutation):
+            return (
+                f"a fixed_shape_tensor with permutation {list(typ.permutation)} is not row-major",
+                "write it without a permutation (np.ascontiguousarray of the logical tensor)",
+            )
+        return unsupported_reason(typ.storage_type)
+    if isinstance(typ, pa.BaseExtensionType):
+        return (f"extension type {typ.extension_name!r} is not known", "store its storage type instead")
+    t = pa.types
+    if t.is_integer(typ) or t.is_floating(typ):
+        return None
+    if t.is_fixed_size_list(typ) or t.is_list(typ) or t.is_large_list(typ):
+        return unsupported_reason(typ.value_type)
+    if t.is_boolean(typ):
+        return "booleans are bit-packed in Arrow (8 per byte)", "store them as uint8 (pc.cast(col, pa.uint8()))"
+    if t.is_string(typ) or t.is_large_string(typ) or t.is_binary(typ) or t.is_large_binary(typ):
+        return (
+            "strings and binaries are variable-length",
+            f"encode them as integer ids, pass strings='list' (strings only) for Python lists, copied and counted, "
+            f"{_SKIP_FIX}",
+        )
+    if any(_is(kind, typ) for kind in ("string_view", "binary_view", "list_view", "large_list_view")):
+        return "view types are variable-length", f"encode them as integer ids {_SKIP_FIX}"
+    if t.is_dictionary(typ):
+        return (
+            "dictionary-encoded values are indices into a separate dictionary",
+            f"decode it once (table.column(name).dictionary_decode()) or keep the indices as a plain integer column "
+            f"{_SKIP_FIX}",
+        )
+    if t.is_temporal(typ):
+        return f"{typ} has units, not a plain number", f"cast it once to int64 (pc.cast(col, pa.int64())) {_SKIP_FIX}"
+    if t.is_null(typ):
+        return "the column holds only nulls", _SKIP_FIX.removeprefix("or ")
+    if t.is_struct(typ):
+        return "struct columns hold several fields", f"flatten them (table.flatten()) {_SKIP_FIX}"
+    return f"type {typ} has no fixed-width tensor layout", _SKIP_FIX.removeprefix("or ")
+
+
+def _is(kind: str, typ: pa.DataType) -> bool:
+    """``pa.types.is_<kind>(typ)``, False on a pyarrow too old to have that type."""
+    check = getattr(pa.types, f"is_{kind}", None)
+    return bool(check is not None and check(typ))
+
+
+def column_spec(name: str, typ: pa.DataType) -> ColumnSpec:
+    """The spec of a supported column, or :class:`UnsupportedColumnError` naming the fix."""
+    why = unsupported_reason(typ)
+    if why is not None:
+        reason, fix = why
+        raise UnsupportedColumnError(
+            f"field {name!r}: Arrow type {typ} cannot be a zero-copy tensor: {reason}; fix: {fix}", field=name
+        )
+    dims: list[int | None] = []
+    if isinstance(typ, pa.FixedShapeTensorType):
+        return ColumnSpec(name, np.dtype(typ.value_type.to_pandas_dtype()), tuple(typ.shape))
+    while not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        dims.append(typ.list_size if pa.types.is_fixed_size_list(typ) else None)
+        typ = typ.value_type
+    return ColumnSpec(name, np.dtype(typ.to_pandas_dtype()), tuple(dims))
+
+
+def _nulls(arr: pa.Array, name: str, batch: int, row0: int) -> None:
+    if arr.null_count:
+        bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]) if arr.offset == 0 else 0
+        raise UnsupportedColumnError(
+            f"field {name!r}: record batch {batch} holds {arr.null_count} nulls (first near row {row0 + bad}); "
+            "a tensor has no nulls; fix: fill them once (pc.fill_null) or drop those rows",
+            field=name,
+        )
+
+
+def chunk_view(
+    arr: pa.Array, spec: ColumnSpec, file_bytes: np.ndarray[Any, Any], base: int, *, batch: int, row0: int
+) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
+    """A writable NumPy view over ``file_bytes`` of one column chunk, and its per-sample shape.
+
+    Args:
+        arr: the chunk, read by pyarrow from a buffer over ``file_bytes``.
+        spec: its column's spec (from :func:`column_spec`).
+        file_bytes: the whole file, mapped copy-on-write (``uint8``).
+        base: address of ``file_bytes[0]``.
+        batch: the record batch number, for messages.
+        row0: the dataset row of the chunk's first sample, for messages.
+    """
+    name = spec.name
+    rows = len(arr)
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    _nulls(arr, name, batch, row0)
+    start, count, shape = arr.offset, rows, []
+    while not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        child = arr.values
+        if pa.types.is_fixed_size_list(arr.type):
+            k = arr.type.list_size
+        else:
+            off_dtype = np.int64 if pa.types.is_large_list(arr.type) else np.int32
+            offsets = np.frombuffer(arr.buffers()[1], dtype=off_dtype)[start : start + count + 1]
+            steps = np.diff(offsets)
+            k = int(steps[0]) if steps.size else 0
+            if steps.size and not bool((steps == k).all()):
+                bad = int(np.flatnonzero(steps != k)[0])
+                raise UnsupportedColumnError(
+                    f"field {name!r}: a variable-length list column whose lists differ in length "
+                    f"(row {row0} has {k} values, row {row0 + bad} has {int(steps[bad])}); a batch needs one shape; "
+                    "fix: pad or crop every list to one length (pa.list_(type, n) or a fixed_shape_tensor), "
+                    f"{_SKIP_FIX}",
+                    field=name,
+                )
+            # List offsets index the child's elements directly; the child's own offset comes on top.
+            first = int(offsets[0]) if offsets.size else 0
+            shape.append(k)
+            _nulls(child, name, batch, row0)
+            start, count, arr = first + child.offset, count * k, child
+            continue
+        shape.append(k)
+        _nulls(child, name, batch, row0)
+        start, count, arr = start * k + child.offset, count * k, child
+    dtype = spec.dtype
+    data = arr.buffers()[1]
+    if data is None:
+        if count == 0:
+            return np.empty((rows, *shape), dtype), tuple(shape)
+        raise CorruptFileError(f"field {name!r}: record batch {batch} has no data buffer", field=name)
+    lo = data.address + start * dtype.itemsize
+    nbytes = count * dtype.itemsize
+    if start * dtype.itemsize + nbytes > data.size:
+        raise CorruptFileError(
+            f"field {name!r}: record batch {batch} declares {count} values but its buffer holds {data.size} bytes; "
+            "the file is truncated or corrupt, write it again",
+            field=name,
+        )
+    if not (base <= lo and lo + nbytes <= base + file_bytes.size):
+        raise _outside_mapping(name, batch)
+    view = file_bytes[lo - base : lo - base + nbytes].view(dtype)
+    if len(spec.dims) == len(shape):
+        final = tuple(g if d is None else d for d, g in zip(spec.dims, shape, strict=True))
+    else:  # a fixed_shape_tensor: one flat list of prod(shape) values per sample
+        final = tuple(d or 0 for d in spec.dims)
+    return view.reshape(rows, *final), final
+
+
+def _outside_mapping(name: str, batch: int) -> UnsupportedColumnError:
+    return UnsupportedColumnError(
+        f"field {name!r}: record batch {batch} is not stored as plain bytes in the file (the IPC file is compressed, "
+        "e.g. with Feather's default lz4), so reading it means decoding it; fix: write it "
+        "uncompressed (pyarrow.feather.write_feather(table, path, compression='uncompressed') or "
+        "pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression=None))), or decode it once into "
+        "a cache with ArrowDataset.from_compressed(path)",
+        field=name,
+    )

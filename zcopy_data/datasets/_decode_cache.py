@@ -1,0 +1,211 @@
+"""Decode a Parquet (or compressed Arrow IPC) file once into an uncompressed IPC cache file.
+
+Parquet pages are encoded and compressed, so serving them always costs a decode. Doing that once
+per file and then mapping the result turns every later epoch, run and worker into zero-copy reads.
+The cache is reused while the source's size and modification time are unchanged, is written to a
+temporary name and renamed into place (concurrent builders never see half a file), and the sizes a
+Parquet footer declares are checked against the file before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from zcopy_data.datasets._errors import CorruptFileError
+from zcopy_data.ledger import record
+
+__all__ = ["PROGRESS_MIN_BYTES", "cache_status", "check_parquet_footer", "decoded_cache", "default_cache_dir"]
+
+PROGRESS_MIN_BYTES = 256 << 20
+"""Sources at least this large show a progress bar while they are decoded."""
+_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$ZCOPY_DATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/zcopy_data/decoded`` (``~/.cache`` by default)."""
+    env = os.environ.get("ZCOPY_DATA_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zcopy_data" / "decoded"
+
+
+def _stamp(source: str) -> dict[str, Any]:
+    st = os.stat(source)
+    return {"source": os.path.realpath(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _paths(source: str, cache_dir: Path, columns: Sequence[str] | None, kind: str) -> tuple[Path, Path]:
+    cols = None if columns is None else list(columns)  # a tuple and a list of the same names share a cache
+    key = hashlib.sha256(f"{os.path.realpath(source)}|{cols}|{kind}|{_VERSION}".encode()).hexdigest()[:16]
+    stem = Path(source).stem
+    return cache_dir / f"{stem}.{key}.arrow", cache_dir / f"{stem}.{key}.json"
+
+
+def check_parquet_footer(source: str, pf: Any) -> None:
+    """Every column chunk the footer declares must lie inside the file (untrusted metadata)."""
+    size = os.path.getsize(source)
+    meta = pf.metadata
+    rows = 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        if rg.num_rows < 0:
+            raise CorruptFileError(f"{source!r}: row group {g} declares {rg.num_rows} rows; the file is corrupt")
+        rows += rg.num_rows
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            starts = [o for o in (col.dictionary_page_offset, col.data_page_offset) if o is not None and o > 0]
+            start = min(starts) if starts else 0
+            if start < 0 or col.total_compressed_size < 0 or start + col.total_compressed_size > size:
+                raise CorruptFileError(
+                    f"{source!r}: column {col.path_in_schema!r} of row group {g} declares bytes "
+                    f"{start}..{start + col.total_compressed_size}, past the end of the {size}-byte file; "
+                    "the file is truncated or corrupt, write it again"
+                )
+    if rows != meta.num_rows:
+        raise CorruptFileError(f"{source!r}: row groups hold {rows} rows but the footer says {meta.num_rows}")
+
+
+def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CorruptFileError(f"{source!r}: not a readable Parquet file ({err}); write it again") from None
+    check_parquet_footer(source, pf)
+    schema = pf.schema_arrow
+    if columns is not None:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise CorruptFileError(f"{source!r}: columns {missing} not found; the file has {schema.names}")
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for g in range(pf.metadata.num_row_groups):
+            yield from pf.read_row_group(g, columns=None if columns is None else list(columns)).to_batches()
+
+    return schema, pf.metadata.num_row_groups, batches()
+
+
+def _ipc_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(source))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CorruptFileError(f"{source!r}: not a readable Arrow IPC file ({err}); write it again") from None
+    schema = reader.schema
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for i in range(reader.num_record_batches):
+            b = reader.get_batch(i)
+            yield b if columns is None else b.select(list(columns))
+
+    return schema, reader.num_record_batches, batches()
+
+
+def _progress(total: int, desc: str, show: bool) -> Any:
+    if not show:
+        return contextlib.nullcontext(None)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a courtesy: decode without it
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=desc, unit="chunk")
+
+
+def decoded_cache(
+    source: str | os.PathLike[str],
+    *,
+    kind: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    columns: Sequence[str] | None = None,
+    progress: bool | None = None,
+    check: Callable[[pa.Schema], None] | None = None,
+) -> tuple[str, bool]:
+    """Path of the IPC cache of ``source`` (``kind`` "parquet" or "ipc"), built if stale; and whether it was reused.
+
+    Args:
+        progress: show a tqdm bar while decoding; default: only for sources of ``PROGRESS_MIN_BYTES`` or more.
+        check: called with the (selected) schema before decoding, to refuse unusable columns early.
+    """
+    source = os.fspath(source)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"no such file: {source!r}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path, meta_path = _paths(source, folder, columns, kind)
+    stamp = _stamp(source)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("stamp") == stamp and data_path.stat().st_size == meta.get("cache_size"):
+            return str(data_path), True
+    except (OSError, ValueError):
+        pass
+
+    schema, chunks, batches = (_parquet_batches if kind == "parquet" else _ipc_batches)(source, columns)
+    if check is not None:
+        check(schema)
+    free = shutil.disk_usage(folder).free
+    tmp = data_path.with_name(f"{data_path.name}.{os.getpid()}.tmp")
+    show = progress if progress is not None else stamp["size"] >= PROGRESS_MIN_BYTES
+    decoded: dict[str, int] = dict.fromkeys(schema.names, 0)
+    try:
+        opts = pa.ipc.IpcWriteOptions(compression=None)
+        with (
+            pa.ipc.new_file(str(tmp), schema, options=opts) as writer,
+            _progress(chunks, f"decoding {Path(source).name}", show) as bar,
+        ):
+            written = 0
+            for batch in batches:
+                written += batch.nbytes
+                if written > free:
+                    raise CorruptFileError(
+                        f"{source!r}: decoding needs more than the {free} bytes free in {str(folder)!r}; "
+                        "pass cache_dir= on a larger disk"
+                    )
+                for name, col in zip(batch.schema.names, batch.columns, strict=True):
+                    decoded[name] += col.nbytes
+                writer.write_batch(batch)
+                if bar is not None:
+                    bar.update(1)
+        os.replace(tmp, data_path)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+        raise CorruptFileError(f"{source!r}: decoding failed ({err}); the file is truncated or corrupt") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    cols = None if columns is None else list(columns)
+    meta_path.write_text(json.dumps({"stamp": stamp, "cache_size": data_path.stat().st_size, "columns": cols}))
+    what = "Parquet" if kind == "parquet" else "compressed IPC"
+    for name, n in decoded.items():
+        record("decode", name, f"{what} decoded once into the IPC cache {data_path.name}", copied=n)
+    return str(data_path), False
+
+
+def cache_status(
+    source: str | os.PathLike[str],
+    *,
+    kind: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> tuple[str, bool]:
+    """Where the cache of ``source`` lives and whether it is fresh (built and the source unchanged)."""
+    source = os.fspath(source)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    data_path, meta_path = _paths(source, folder, columns, kind)
+    try:
+        meta = json.loads(meta_path.read_text())
+        fresh = meta.get("stamp") == _stamp(source) and data_path.stat().st_size == meta.get("cache_size")
+    except (OSError, ValueError):
+        fresh = False
+    return str(data_path), fresh

@@ -1,0 +1,388 @@
+"""``ArrowDataset``: an Arrow IPC or Feather v2 file, memory-mapped copy-on-write, served zero-copy.
+
+The file is mapped once per process with a private (copy-on-write) mapping and pyarrow reads its
+metadata from that mapping, so every column chunk is a NumPy view of file pages: a batch inside
+one record batch is a view, any other batch is exactly one ``index_select`` per field that reads
+rows straight out of the mapping, whichever record batch they live in. Writes to a batch touch
+private pages only: never the file, never a SIGSEGV, no "non-writable" warning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from zcopy_data._dtypes import to_torch_dtype
+from zcopy_data._mapping import file_array
+from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
+from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
+from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
+from zcopy_data.datasets._errors import CorruptFileError, UnsupportedColumnError
+from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.errors import SampleIndexError, SchemaError
+from zcopy_data.ledger import record
+from zcopy_data.schema import Field, Schema
+
+__all__ = ["ArrowDataset", "default_cache_dir", "open_ipc"]
+
+STAGE = "collate"
+_SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+_MAGIC = {
+    b"PAR1": "a Parquet file; use ArrowDataset.from_parquet(path)",
+    b"FEA1": "a Feather v1 file; rewrite it as Feather v2 (pyarrow.feather.write_feather(table, path, version=2))",
+    b"\x93NUM": "a .npy file; use NumpyDataset({'name': path})",
+}
+
+
+def _map_file(path: str) -> np.ndarray[Any, Any]:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such Arrow file: {path!r}") from None
+    if os.path.isdir(path):
+        raise CorruptFileError(f"{path!r} is a directory, not an Arrow IPC file")
+    if size < 8:
+        raise CorruptFileError(f"{path!r}: {size} bytes is too short for an Arrow IPC file (truncated?)")
+    return file_array(path, 0, (size,), np.dtype(np.uint8))
+
+
+def open_ipc(path: str) -> tuple[np.ndarray[Any, Any], pa.Schema, list[pa.RecordBatch]]:
+    """Map ``path`` copy-on-write and read its record batches (file or stream format) from the mapping."""
+    mapped = _map_file(path)
+    head = bytes(mapped[:6])
+    buf = pa.py_buffer(mapped)
+    # Native byte order is not forced: a big-endian file stays in the mapping and is refused below,
+    # so nothing is swapped (copied) behind the user's back.
+    opts = pa.ipc.IpcReadOptions(ensure_native_endian=False, use_threads=False)
+    try:
+        if head == b"ARROW1":
+            reader = pa.ipc.open_file(buf, options=opts)
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        elif head[:4] == b"\xff\xff\xff\xff":
+            stream = pa.ipc.open_stream(buf, options=opts)
+            reader, batches = stream, list(stream)
+        else:
+            what = _MAGIC.get(head[:4], "not an Arrow IPC file (no ARROW1 magic)")
+            raise CorruptFileError(f"{path!r}: {what}")
+        for b in batches:
+            b.validate()
+    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError) as err:
+        raise CorruptFileError(
+            f"{path!r}: cannot read it as an Arrow IPC file ({err}); the file is truncated or corrupt, write it again"
+        ) from None
+    return mapped, reader.schema, batches
+
+
+def _buffers_outside(batch: pa.RecordBatch, base: int, size: int) -> bool:
+    def walk(arr: pa.Array) -> bool:
+        if isinstance(arr, pa.ExtensionArray):
+            arr = arr.storage
+        if any(b is not None and b.size and not (base <= b.address < base + size) for b in arr.buffers()):
+            return True
+        return hasattr(arr, "values") and walk(arr.values)
+
+    return any(walk(col) for col in batch.columns)
+
+
+def _check_byte_order(path: str, mapped: np.ndarray[Any, Any], batches: list[pa.RecordBatch]) -> None:
+    """Refuse a non-native byte order: pyarrow would swap it into new memory (a hidden copy)."""
+    pos = next((i for i, b in enumerate(batches) if b.num_rows), None)
+    if pos is None:
+        return
+    base, size = mapped.ctypes.data, mapped.size
+    if _buffers_outside(batches[pos], base, size):
+        return  # compressed: reported per column, with its own fix
+    buf = pa.py_buffer(mapped)
+    if bytes(mapped[:6]) == b"ARROW1":
+        native = pa.ipc.open_file(buf).get_batch(pos)
+    else:
+        native = list(pa.ipc.open_stream(buf))[pos]
+    if _buffers_outside(native, base, size):
+        raise UnsupportedColumnError(
+            f"{path!r}: the file is stored in non-native (big-endian) byte order; a zero-copy tensor needs native "
+            "order; fix: rewrite it once with pyarrow on a little-endian machine (read it, then write it again)"
+        )
+
+
+def _check_types(schema: pa.Schema, *, strings: str) -> None:
+    """Refuse a column whose type can never be zero-copy before spending a decode on it."""
+    for f in schema:
+        if not (strings == "list" and is_string_type(f.type)):
+            column_spec(f.name, f.type)
+
+
+def _chunks(
+    spec: ColumnSpec, numbered: list[tuple[int, pa.RecordBatch]], mapped: np.ndarray[Any, Any], starts: Any
+) -> tuple[list[np.ndarray[Any, Any]], tuple[int, ...]]:
+    """The views of one column, one per non-empty record batch, and its per-sample shape."""
+    chunks, shape = [], None
+    base = mapped.ctypes.data
+    for pos, (i, b) in enumerate(numbered):
+        view, got = chunk_view(b.column(spec.name), spec, mapped, base, batch=i, row0=int(starts[pos]))
+        if shape is not None and got != shape:
+            raise UnsupportedColumnError(
+                f"field {spec.name!r}: record batch {i} has samples of shape {got}, earlier ones {shape}; "
+                "a batch needs one shape; fix: write every list with one length",
+                field=spec.name,
+            )
+        shape = got
+        chunks.append(view)
+    if shape is None:
+        shape = tuple(d or 0 for d in spec.dims)
+    return chunks, shape
+
+
+class ArrowDataset(ZeroCopyDataset):
+    """An Arrow IPC (file or stream) or Feather v2 file, read zero-copy from a private mapping.
+
+    Args:
+        path: the ``.arrow`` / ``.arrows`` / ``.feather`` file.
+        columns: the fields to serve, in this order (default: every column). Columns left out may
+            have any type.
+        copy: copy contiguous batches too (counted), so in-place ops never reach the mapping.
+        strings: ``"list"`` serves string columns as Python lists of ``str`` (copies, counted in
+            the ledger; not part of ``schema``); default ``"error"`` refuses them.
+
+    Raises:
+        UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
+            dictionary, ragged lists, compressed IPC, ...); the message gives the fix.
+        CorruptFileError: the file is not Arrow IPC, or truncated.
+
+    >>> import pyarrow as pa, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.arrow")
+    >>> with pa.ipc.new_file(path, pa.schema([("x", pa.float32())])) as w:
+    ...     w.write_table(pa.table({"x": pa.array([1, 2, 3], pa.float32())}))
+    >>> ArrowDataset(path).schema
+    Schema({'x': float32[]})
+
+    .. note:: The cache of a Parquet or compressed file (``from_parquet``, ``from_compressed``)
+       is served the same way; only building the cache decodes.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        *,
+        copy: bool = False,
+        strings: str = "error",
+    ):
+        if strings not in STRINGS:
+            raise ValueError(f"{strings=} should be one of {STRINGS}")
+        self.path = os.fspath(path)
+        self.copy = copy
+        self.strings = strings
+        self._selected = None if columns is None else list(columns)
+        self.origin = "IPC file"
+        self.source = self.path
+        self.cache_reused: bool | None = None
+        self._open()
+
+    @classmethod
+    def from_parquet(
+        cls,
+        path: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        copy: bool = False,
+        progress: bool | None = None,
+        strings: str = "error",
+    ) -> ArrowDataset:
+        """A Parquet file, decoded once into an IPC cache file and served zero-copy from it.
+
+        The cache (in ``cache_dir``, default :func:`default_cache_dir`) is reused while the
+        Parquet file's size and modification time are unchanged; only the chosen ``columns``
+        are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
+        or off) and is counted once in the ledger (stage ``decode``).
+        """
+        cache, reused = decoded_cache(
+            path,
+            kind="parquet",
+            cache_dir=cache_dir,
+            columns=columns,
+            progress=progress,
+            check=partial(_check_types, strings=strings),
+        )
+        ds = cls(cache, columns, copy=copy, strings=strings)
+        ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a Parquet file"
+        return ds
+
+    @classmethod
+    def from_compressed(
+        cls,
+        path: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        copy: bool = False,
+        progress: bool | None = None,
+        strings: str = "error",
+    ) -> ArrowDataset:
+        """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
+        cache, reused = decoded_cache(
+            path,
+            kind="ipc",
+            cache_dir=cache_dir,
+            columns=columns,
+            progress=progress,
+            check=partial(_check_types, strings=strings),
+        )
+        ds = cls(cache, columns, copy=copy, strings=strings)
+        ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a compressed file"
+        return ds
+
+    # -- opening ----------------------------------------------------------------------------
+    def _open(self) -> None:
+        mapped, schema, batches = open_ipc(self.path)
+        names = schema.names
+        wanted = names if self._selected is None else self._selected
+        missing = [c for c in wanted if c not in names]
+        if missing or not wanted:
+            raise SchemaError(
+                f"{self.path!r}: columns {missing or wanted} not found; the file has {names}",
+                field=(missing or [None])[0],
+            )
+        if len(set(wanted)) != len(wanted):
+            raise SchemaError(f"{self.path!r}: columns {wanted} name a column twice")
+        text = [n for n in wanted if self.strings == "list" and is_string_type(schema.field(n).type)]
+        specs = [column_spec(n, schema.field(n).type) for n in wanted if n not in text]
+        _check_byte_order(self.path, mapped, batches)
+        numbered = [(i, b) for i, b in enumerate(batches) if b.num_rows]  # empty record batches hold no rows
+        starts = np.zeros(len(numbered) + 1, dtype=np.int64)
+        np.cumsum([b.num_rows for _, b in numbered], out=starts[1:])
+        views: dict[str, list[np.ndarray[Any, Any]]] = {}
+        fields = {}
+        for spec in specs:
+            views[spec.name], shape = _chunks(spec, numbered, mapped, starts)
+            fields[spec.name] = Field(to_torch_dtype(spec.dtype), shape)
+        self._text = {n: StringColumn(n, numbered, schema.field(n).type) for n in text}
+        self._order = list(wanted)
+        self._mapped = mapped
+        self._views = views
+        self._starts = starts
+        self._n = int(starts[-1])
+        self._sources: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]] | None = None
+        self.num_record_batches = len(batches)
+        self.schema = Schema(fields)
+
+    def _gather_sources(self) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]]:
+        """Per field: one row source over the whole mapping, each chunk's first row in it, and the row step.
+
+        Rows of chunk ``c`` sit at ``offset_c + k * row_bytes`` in the file. When every offset has
+        the same remainder modulo ``row_bytes`` (always true for one record batch), the mapping seen
+        from that remainder on is one plain contiguous array holding every row. Otherwise, with
+        ``g`` the greatest common divisor of the row size and the offsets, the mapping seen as
+        overlapping rows ``g`` bytes apart holds them all. Either way one ``index_select`` gathers
+        a batch across record batches, reading rows straight out of the mapping.
+        """
+        if self._sources is not None:
+            return self._sources
+        storage = torch.from_numpy(self._mapped).untyped_storage()
+        base, size = self._mapped.ctypes.data, self._mapped.size
+        out = {}
+        for name, field in self.schema.items():
+            chunks = self._views[name]
+            dims = tuple(d or 0 for d in field.shape)  # always fixed here
+            itemsize = chunks[0].itemsize if chunks else 1
+            row = itemsize * math.prod(dims)
+            offsets = [c.ctypes.data - base for c in chunks]
+            if row == 0 or any(o % itemsize for o in offsets):
+                raise SchemaError(f"field {name!r}: empty or misaligned rows cannot be gathered", field=name)
+            inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
+            residues = {o % row for o in offsets}
+            if len(residues) <= 1:
+                r = residues.pop() if residues else 0
+                shape, strides, start, g = ((size - r) // row, *dims), (row // itemsize, *inner), r, row
+            else:
+                g = math.gcd(row, *offsets)
+                shape, strides, start = ((size - row) // g + 1, *dims), (g // itemsize, *inner), 0
+            src = torch.empty(0, dtype=field.dtype).set_(storage, start // itemsize, shape, strides)
+            first = np.asarray([(o - start) // g for o in offsets], dtype=np.int64)
+            out[name] = (src, first, row // g)
+        self._sources = out
+        return out
+
+    # -- Dataset ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        c = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return c, i - int(self._starts[c])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        i = int(index)
+        if not -self._n <= i < self._n:
+            raise SampleIndexError(f"index {i} is out of range for a dataset of {self._n} samples", index=i)
+        i %= self._n
+        c, k = self._locate(i)
+        out = {name: chunks[c][k] for name, chunks in self._views.items()}
+        out.update((name, col.item(i)) for name, col in self._text.items())
+        return {name: out[name] for name in self._order}
+
+    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
+        """One view when ``run`` lies inside one record batch, else one gather per field."""
+        out = self._gather_tensors(indices, run)
+        if not self._text:
+            return out
+        out.update((name, col.take(indices, STAGE, self.origin)) for name, col in self._text.items())
+        return {name: out[name] for name in self._order}
+
+    def _gather_tensors(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
+        starts = self._starts
+        out = {}
+        if indices.size == 0:
+            return {n: torch.empty((0, *(d or 0 for d in f.shape)), dtype=f.dtype) for n, f in self.schema.items()}
+        if run is not None and not self.copy:
+            c, k = self._locate(run[0])
+            if run[1] <= int(starts[c + 1]):
+                why = f"view: indices contiguous in one record batch of the {self.origin}"
+                for name, chunks in self._views.items():
+                    t = torch.from_numpy(chunks[c][k : k + run[1] - run[0]])
+                    record(STAGE, name, why, viewed=nbytes(t))
+                    out[name] = t
+                return out
+        if self.copy and run is not None:
+            why = f"gather: copy=True ({self.origin})"
+        elif run is not None:
+            why = f"gather: contiguous indices span record batches ({self.origin})"
+        else:
+            why = f"gather: indices not contiguous ({self.origin})"
+        chunk = np.searchsorted(starts, indices, side="right") - 1 if len(starts) > 2 else None
+        local = indices if chunk is None else indices - starts[chunk]
+        for name, (src, first, step) in self._gather_sources().items():
+            rows = local * step if step != 1 else local.copy()
+            rows += first[0] if chunk is None else first[chunk]
+            buf = allocate((indices.size, *src.shape[1:]), src.dtype)
+            bits = _SAME_BITS.get(src.dtype)  # index_select lacks the wide unsigned types: move the same bits
+            if bits is None:
+                torch.index_select(src, 0, torch.from_numpy(rows), out=buf)
+            else:
+                torch.index_select(src.view(bits), 0, torch.from_numpy(rows), out=buf.view(bits))
+            record(STAGE, name, why, copied=nbytes(buf))
+            out[name] = buf
+        return out
+
+    # -- pickling: workers map the file themselves ----------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for key in ("_mapped", "_views", "_sources", "_starts", "_text"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"ArrowDataset({Path(self.path).name!r}, {self._n} samples, {self.schema})"

@@ -1,0 +1,278 @@
+"""``zcopy-data inspect PATH``: what a data source holds and, per field, whether it can be zero-copy.
+
+Understands ``.npy`` files (and folders of them), Arrow IPC / Feather v2, Parquet, and image
+folders (``root/<class>/<file>``). Formats are recognised by their magic bytes, not their names.
+Nothing is unpickled and no sample is decoded except a few image headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zcopy_data._dtypes import dtype_name
+from zcopy_data.errors import ZeroCopyError
+
+__all__ = ["FieldReport", "SourceReport", "add_inspect_parser", "format_report", "inspect_path"]
+
+
+@dataclass
+class FieldReport:
+    """One field: dtype, per-sample shape, and whether batches of it can be zero-copy, and why."""
+
+    name: str
+    dtype: str
+    shape: str
+    zero_copy: bool
+    why: str
+
+
+@dataclass
+class SourceReport:
+    """A data source as ``inspect`` sees it."""
+
+    path: str
+    format: str
+    samples: int | None
+    fields: list[FieldReport]
+    notes: list[str] = field(default_factory=list)
+
+
+def _corrupt(message: str) -> Exception:
+    from zcopy_data.datasets._errors import CorruptFileError
+
+    return CorruptFileError(message)
+
+
+# -- .npy ------------------------------------------------------------------------------------
+def _npy_field(path: str, name: str) -> tuple[FieldReport, int]:
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        except (ValueError, OSError, EOFError) as err:
+            raise _corrupt(f"{path!r}: not a readable .npy header ({err}); the file is truncated or corrupt") from None
+        header = f.tell()
+    size = os.path.getsize(path)
+    if dtype.hasobject:
+        return FieldReport(name, "object", "?", False, "object arrays hold pickled Python objects; never unpickled"), 0
+    need = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < need:
+        raise _corrupt(f"{path!r}: the header promises {need} bytes but the file has {size}; it is truncated")
+    if not shape:
+        return FieldReport(name, dtype_name(dtype), "()", False, "a 0-d array has no sample axis"), 0
+    per = str(tuple(shape[1:]))
+    if not dtype.isnative:
+        why = f"byte order {dtype.str} is not native; rewrite once with arr.astype({dtype.newbyteorder('=').str!r})"
+        return FieldReport(name, dtype_name(dtype), per, False, why), shape[0]
+    if dtype.kind in "USVMm":
+        return FieldReport(name, dtype_name(dtype), per, False, f"{dtype_name(dtype)} cannot be a tensor"), shape[0]
+    why = "memory-mapped copy-on-write: contiguous batches are views, shuffled ones one gather"
+    if fortran and len(shape) > 1:
+        why += " (Fortran order: rows are strided; np.ascontiguousarray once makes gathers faster)"
+    return FieldReport(name, dtype_name(dtype), per, True, why), shape[0]
+
+
+def _inspect_npy(paths: dict[str, str], where: str) -> SourceReport:
+    fields, counts = [], {}
+    for name, p in paths.items():
+        rep, n = _npy_field(p, name)
+        fields.append(rep)
+        counts[name] = n
+    notes = []
+    if len(set(counts.values())) > 1:
+        notes.append(f"fields differ in length {counts}; NumpyDataset needs one row per sample in every field")
+    fmt = ".npy file" if len(paths) == 1 else "folder of .npy files (NumpyDataset columns)"
+    return SourceReport(where, fmt, min(counts.values()) if counts else 0, fields, notes)
+
+
+# -- Arrow and Parquet -------------------------------------------------------------------------
+def _inspect_arrow(path: str) -> SourceReport:
+    from zcopy_data.datasets._errors import UnsupportedColumnError
+    from zcopy_data.datasets.arrow import ArrowDataset, open_ipc
+
+    _, schema, batches = open_ipc(path)
+    fields = []
+    for name in schema.names:
+        typ = schema.field(name).type
+        try:
+            f = ArrowDataset(path, [name]).schema[name]
+        except UnsupportedColumnError as err:
+            why = str(err).split(": ", 1)[-1]
+            fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
+            continue
+        why = "memory-mapped copy-on-write: a batch inside one record batch is a view, any other one gather"
+        fields.append(FieldReport(name, dtype_name(f.dtype), str(f.shape), True, why))
+    with open(path, "rb") as fh:
+        kind = "Arrow IPC file" if fh.read(6) == b"ARROW1" else "Arrow IPC stream"
+    return SourceReport(path, f"{kind} ({len(batches)} record batches)", sum(b.num_rows for b in batches), fields)
+
+
+def _arrow_shape(typ: Any) -> str:
+    import pyarrow as pa
+
+    dims: list[str] = []
+    if pa.types.is_string(typ) or pa.types.is_binary(typ) or pa.types.is_dictionary(typ):
+        return "?"
+    if isinstance(typ, pa.FixedShapeTensorType):
+        return str(tuple(typ.shape))
+    while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        dims.append(str(typ.list_size) if pa.types.is_fixed_size_list(typ) else "?")
+        typ = typ.value_type
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _leaf_name(typ: Any) -> str:
+    """``float32`` for a float32 column or a list / tensor of float32; the Arrow type name otherwise."""
+    import pyarrow as pa
+
+    leaf = typ.value_type if isinstance(typ, pa.FixedShapeTensorType) else typ
+    while pa.types.is_fixed_size_list(leaf) or pa.types.is_list(leaf) or pa.types.is_large_list(leaf):
+        leaf = leaf.value_type
+    if pa.types.is_integer(leaf) or pa.types.is_floating(leaf):
+        return dtype_name(np.dtype(leaf.to_pandas_dtype()))
+    return str(typ)
+
+
+def _inspect_parquet(path: str, cache_dir: str | None) -> SourceReport:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zcopy_data.datasets._arrow_columns import unsupported_reason
+    from zcopy_data.datasets._decode_cache import cache_status, check_parquet_footer
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise _corrupt(f"{path!r}: not a readable Parquet file ({err}); it is truncated or corrupt") from None
+    check_parquet_footer(path, pf)
+    meta = pf.metadata
+    schema = pf.schema_arrow
+    nulls: dict[str, int] = {}
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for c in range(rg.num_columns):
+            st = rg.column(c).statistics
+            top = rg.column(c).path_in_schema.split(".")[0]
+            if st is not None and st.has_null_count:
+                nulls[top] = nulls.get(top, 0) + st.null_count
+    fields = []
+    for name in schema.names:
+        typ = schema.field(name).type
+        bad = unsupported_reason(typ)
+        if bad is not None:
+            fields.append(FieldReport(name, str(typ), _arrow_shape(typ), False, f"{bad[0]}; fix: {bad[1]}"))
+        elif nulls.get(name):
+            why = f"{nulls[name]} nulls; fill them once (pc.fill_null) or drop those rows"
+            fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
+        else:
+            why = "Parquet is encoded: decoded once into an IPC cache (from_parquet), then views / one gather"
+            fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
+    usable = [f.name for f in fields if f.why.startswith("Parquet is encoded")]
+    cols = None if len(usable) == len(fields) else usable
+    cache, fresh = cache_status(path, kind="parquet", cache_dir=cache_dir, columns=cols)
+    call = "ArrowDataset.from_parquet(path" + ("" if cols is None else f", columns={cols}") + ")"
+    note = f"{call} caches in {cache} ({'fresh, reused' if fresh else 'not built yet'})"
+    fmt = f"Parquet ({meta.num_row_groups} row groups)"
+    return SourceReport(path, fmt, meta.num_rows, fields, [note])
+
+
+# -- image folders -----------------------------------------------------------------------------
+def _inspect_images(path: str) -> SourceReport:
+    from PIL import Image
+
+    from zcopy_data.datasets._image_files import scan_folder
+
+    scan = scan_folder(path, allow_empty=True)
+    seen: dict[str, int] = {}
+    for f in scan.files[:32]:
+        try:
+            with Image.open(f) as im:
+                key = f"{im.format} {im.mode} {im.width}x{im.height}"
+        except (OSError, ValueError, SyntaxError) as err:
+            key = f"unreadable ({type(err).__name__}: {err})"
+        seen[key] = seen.get(key, 0) + 1
+    sample = ", ".join(f"{k} x{v}" for k, v in seen.items())
+    notes = [f"{len(scan.classes)} classes: {scan.classes[:10]}{' ...' if len(scan.classes) > 10 else ''}"]
+    notes.append(f"first {min(32, len(scan.files))} files: {sample}")
+    notes += [f"left out {p}: {why} (follow_symlinks=True follows it)" for p, why in scan.excluded]
+    why = "compressed pixels: Pillow decodes and resizes, then one copy into the batch slot"
+    fields = [
+        FieldReport("image", "uint8", "(3, H, W) at size=(H, W)", False, why),
+        FieldReport("label", "int64", "()", True, "in memory: contiguous batches are views, others one gather"),
+    ]
+    return SourceReport(path, "image folder (root/<class>/<file>)", len(scan.files), fields, notes)
+
+
+# -- entry points --------------------------------------------------------------------------------
+def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) -> SourceReport:
+    """Describe the data source at ``path``; raises ``FileNotFoundError`` or a ``ZeroCopyError`` subclass."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or directory: {path!r}")
+    if os.path.isdir(path):
+        entries = sorted(os.listdir(path))
+        npys = {e[:-4]: os.path.join(path, e) for e in entries if e.endswith(".npy")}
+        if npys and not any(os.path.isdir(os.path.join(path, e)) for e in entries):
+            return _inspect_npy(npys, path)
+        return _inspect_images(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x93NUMPY"):
+        return _inspect_npy({os.path.basename(path).removesuffix(".npy"): path}, path)
+    if head.startswith(b"ARROW1") or head.startswith(b"\xff\xff\xff\xff"):
+        return _inspect_arrow(path)
+    if head.startswith(b"PAR1"):
+        return _inspect_parquet(path, cache_dir)
+    if head.startswith(b"FEA1"):
+        raise _corrupt(f"{path!r}: a Feather v1 file; rewrite it as Feather v2 (pyarrow.feather.write_feather)")
+    if not head:
+        raise _corrupt(f"{path!r}: the file is empty")
+    raise _corrupt(
+        f"{path!r}: unknown format (first bytes {head[:8]!r}); inspect reads .npy, Arrow IPC / Feather v2, "
+        "Parquet and image folders (root/<class>/<file>)"
+    )
+
+
+def format_report(report: SourceReport) -> str:
+    """The report as a text table."""
+    head = ("field", "dtype", "shape", "zero-copy", "why")
+    rows = [(f.name, f.dtype, f.shape, "yes" if f.zero_copy else "no", f.why) for f in report.fields]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = [f"path:    {report.path}", f"format:  {report.format}", f"samples: {report.samples:,}", ""]
+    for r in [head, (*("-" * w for w in widths), "---"), *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        report = inspect_path(args.path, cache_dir=args.cache_dir)
+    except (FileNotFoundError, NotADirectoryError, ZeroCopyError) as err:
+        print(f"zcopy-data inspect: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``inspect`` on an argparse subparsers object (``zcopy_data.cli`` calls this)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "inspect", help="fields, dtypes, shapes, samples, and per field whether it is zero-copy and why"
+    )
+    p.add_argument("path", help=".npy file or folder, Arrow IPC / Feather v2, Parquet, or image folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--cache-dir", default=None, help="where the Parquet IPC cache lives (default: the user cache)")
+    p.set_defaults(func=_cmd_inspect)
+    return p
