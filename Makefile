@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check examples
 
 $(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV) bench
@@ -15,7 +15,7 @@ demo: $(VENV)/.bench  ## set up, then run the demo on generated data
 	$(VENV)/bin/zcopy-data demo
 
 test: $(VENV)/.dev  ## set up, then lint and run the test suite
-	$(PY) -m ruff check zcopy_data tests benchmarks examples
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench  ## the full benchmark
@@ -23,3 +23,11 @@ bench: $(VENV)/.bench  ## the full benchmark
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+gpu-check: $(VENV)/.dev  ## on a GPU machine: cuda tests + transfer benchmark, JSON under benchmarks/results
+	PYTHON=$(PY) benchmarks/gpu_check.sh benchmarks/results
+
+examples: $(VENV)/.dev  ## run every example on generated data
+	for f in examples/numpy_dataloader.py examples/arrow_file.py examples/image_folder.py examples/lightning_fit.py; do \
+		$(PY) $$f || exit 1; done
+	$(PY) examples/lightning_ddp.py --devices 2

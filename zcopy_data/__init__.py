@@ -23,16 +23,21 @@ from zcopy_data.explain import explain
 from zcopy_data.ledger import LEDGER, CopyLedger
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
+from zcopy_data.transfer import Cast, DeviceCast, DevicePrefetcher, PinnedBufferPool, to_device, validate_cast
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LEDGER",
+    "Cast",
     "CopyLedger",
     "CopyRequiredError",
+    "DeviceCast",
+    "DevicePrefetcher",
     "DtypeDriftError",
     "Field",
     "NumpyDataset",
+    "PinnedBufferPool",
     "SampleIndexError",
     "Schema",
     "SchemaError",
@@ -42,5 +47,7 @@ __all__ = [
     "__version__",
     "explain",
     "strict_asarray",
+    "to_device",
+    "validate_cast",
     "zero_copy_collate",
 ]

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from zcopy_data.collate.buffers import nbytes
+from zcopy_data.collate.crossing import crossing_of
 from zcopy_data.ledger import CopyLedger, Record, capture, record
 
 __all__ = ["explain"]
@@ -66,11 +67,20 @@ def _tensors(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _record_crossing(batch: Any) -> None:
-    """In a worker: a tensor not in shared memory is copied into it when pickled."""
+    """In a worker: how each tensor of the batch will cross to the main process, and its cost."""
     for name, t in _tensors(batch):
         if t.device.type != "cpu":
             continue
-        if t.is_shared():
+        how = crossing_of(t)
+        if how == "handle":
+            record(
+                CROSS, name, "handle: pooled shared-memory buffer, mapped once by the main process", viewed=nbytes(t)
+            )
+        elif how == "descriptor":
+            record(
+                CROSS, name, "descriptor: view of a memory-mapped file, mapped by the main process", viewed=nbytes(t)
+            )
+        elif how == "shared":
             record(CROSS, name, "handle: buffer already in shared memory", viewed=nbytes(t))
         else:
             record(
@@ -79,12 +89,17 @@ def _record_crossing(batch: Any) -> None:
 
 
 def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
-    if not loader.pin_memory:
-        return
+    """Whether the pin stage was free (gathered into pinned memory), a copy, or skipped."""
+    from zcopy_data.transfer.pinned import is_pinned_gather  # lazy: transfer imports the collate package
+
     for name, t in _tensors(batch):
         if t.device.type != "cpu":
             continue
-        if t.is_pinned():
+        if is_pinned_gather(t):
+            record("pin", name, "free: gathered straight into pinned memory", viewed=nbytes(t))
+        elif not loader.pin_memory:
+            continue
+        elif t.is_pinned():
             record("pin", name, "DataLoader pin_memory=True: pin thread copied into pinned memory", copied=nbytes(t))
         else:
             record("pin", name, "skipped: no accelerator to pin for", viewed=nbytes(t))

@@ -131,11 +131,8 @@ def strict_asarray(
     want = None if dtype is None else to_torch_dtype(dtype)
     dev = as_device(device)
     if copy:
-        if isinstance(obj, np.ndarray) and (not obj.dtype.isnative or any(s < 0 for s in obj.strides)):
-            # torch cannot read these layouts at all; this NumPy copy is the one the caller opted into
-            # (np.ascontiguousarray would keep a size-1 axis's negative stride: NumPy calls it contiguous)
-            native = np.array(obj, dtype=obj.dtype.newbyteorder("="), order="C", copy=True)
-            return torch.asarray(native, dtype=want, device=dev)
+        if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in "OUSV":
+            obj = np.array(obj, dtype=obj.dtype.newbyteorder("="))  # native order, positive strides
         return torch.asarray(obj, dtype=want, device=dev, copy=True)
 
     if isinstance(obj, torch.Tensor):
@@ -186,9 +183,12 @@ def strict_asarray(
             return torch.asarray(arr, copy=False)
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            out = torch.asarray(obj, dtype=want, device=dev, copy=False)
+        if hasattr(obj, "__dlpack__"):
+            out = torch.from_dlpack(obj)  # DLPack is zero-copy by contract
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                out = torch.asarray(obj, dtype=want, device=dev, copy=False)
     except (ValueError, TypeError, RuntimeError) as err:
         raise _fail(
             field,
@@ -199,4 +199,6 @@ def strict_asarray(
         ) from None
     if want is not None and out.dtype != want:
         raise _fail(field, index, dtype_name(want), dtype_name(out.dtype), "Produce the declared dtype.")
+    if dev is not None and out.device != dev and not (dev.index is None and out.device.type == dev.type):
+        raise _fail(field, index, f"data on {dev}", f"data on {out.device}", "Move it with a device stage.")
     return out

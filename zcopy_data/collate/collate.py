@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
-from zcopy_data._dtypes import dtype_name, to_torch_dtype
+from zcopy_data._dtypes import dtype_name
 from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data.collate.crossing import install as install_crossing
+from zcopy_data.collate.descriptors import register_file_array
 from zcopy_data.datasets.base import BatchRequest, SampleBatch
 from zcopy_data.errors import DtypeDriftError, ShapeMismatchError, describe
 from zcopy_data.ledger import record
@@ -66,6 +68,11 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if run is not None:
         start, stop = run
+        if get_worker_info() is not None:
+            # views of memory-mapped columns cross to the main process as file descriptors
+            install_crossing()
+            for col in cols.values():
+                register_file_array(col)
         for name, col in cols.items():
             t = strict_asarray(col[start:stop], field=name)
             record(STAGE, name, "view: indices contiguous", viewed=nbytes(t))
@@ -89,8 +96,19 @@ def _join(path: str | None, key: object) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 
 
-def _index(indices: list[int] | None, pos: int) -> int:
-    return pos if indices is None else int(indices[pos])
+def _index(indices: list[int] | None, pos: int) -> int | None:
+    return None if indices is None else int(indices[pos])
+
+
+def _where(path: str | None, indices: list[int] | None, pos: int) -> str:
+    """``field 'x' at index 7`` when dataset indices are known, else the position in the batch."""
+    if indices is None:
+        return f"field {path or '<sample>'!r} at batch position {pos}"
+    return describe(path or "<sample>", int(indices[pos]))
+
+
+def _first(indices: list[int] | None) -> str:
+    return "the batch's first sample" if indices is None else f"sample {int(indices[0])}"
 
 
 def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> Any:
@@ -100,19 +118,22 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "US":
             return default_collate(batch)  # raises the same TypeError default_collate does
-        tensors = [strict_asarray(a, field=path or "<sample>", index=_index(indices, i)) for i, a in enumerate(batch)]
+        tensors = [
+            strict_asarray(
+                a, field=path if indices else f"{path or '<sample>'} (batch position {i})", index=_index(indices, i)
+            )
+            for i, a in enumerate(batch)
+        ]
         return _stack_tensors(tensors, path, indices)
     if isinstance(elem, (np.bool_, np.number)):
         return _stack_scalars(batch, path, indices)
     if isinstance(elem, (bool, int, float)):
         _check_same_type(batch, path, indices)
-        out = default_collate(batch)
-        record(STAGE, path or "<sample>", "copy: Python numbers", copied=nbytes(out))
-        return out
+        return _stack_scalars(batch, path, indices)
     if isinstance(elem, (str, bytes)):
         return batch
     if isinstance(elem, collections.abc.Mapping):
-        fields = {k: _field(batch, k, path, indices) for k in elem}
+        fields = {k: _collate([d[k] for d in batch], _join(path, k), indices) for k in elem}
         if isinstance(elem, collections.abc.MutableMapping):
             clone = copy.copy(elem)
             clone.update(fields)
@@ -122,18 +143,24 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
         except TypeError:
             return fields
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):
-        return type(elem)(*(_field(batch, i, path, indices, name=f) for i, f in enumerate(elem._fields)))
+        return type(elem)(
+            *(
+                _collate(col, _join(path, f), indices)
+                for col, f in zip(zip(*batch, strict=True), elem._fields, strict=True)
+            )
+        )
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         for pos, sample in enumerate(batch):
             if len(sample) != size:
                 raise ShapeMismatchError(
-                    f"{describe(path or '<sample>', _index(indices, pos))}: has {len(sample)} elements, "
-                    f"sample {_index(indices, 0)} has {size}; every sample needs the same structure",
+                    f"{_where(path, indices, pos)}: has {len(sample)} elements, "
+                    f"{_first(indices)} has {size}; every sample needs the same structure",
                     field=path,
                     index=_index(indices, pos),
                 )
-        fields_list = [_field(batch, i, path, indices) for i in range(size)]
+        # Transposed columns are tuples, exactly as default_collate passes them on.
+        fields_list = [_collate(col, _join(path, i), indices) for i, col in enumerate(zip(*batch, strict=True))]
         if isinstance(elem, tuple):
             return fields_list
         try:
@@ -148,17 +175,13 @@ def _collate(batch: list[Any], path: str | None, indices: list[int] | None) -> A
     return default_collate(batch)
 
 
-def _field(batch: list[Any], key: Any, path: str | None, indices: list[int] | None, name: str | None = None) -> Any:
-    return _collate([s[key] for s in batch], _join(path, name if name is not None else key), indices)
-
-
 def _check_same_type(batch: list[Any], path: str | None, indices: list[int] | None) -> None:
     first = type(batch[0])
     for pos, v in enumerate(batch):
         if type(v) is not first:
             raise DtypeDriftError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected a {first.__name__} like "
-                f"sample {_index(indices, 0)}, found a {type(v).__name__}; return one type per field",
+                f"{_where(path, indices, pos)}: expected a {first.__name__} like "
+                f"{_first(indices)}, found a {type(v).__name__}; return one type per field",
                 field=path,
                 index=_index(indices, pos),
             )
@@ -171,16 +194,16 @@ def _check_uniform(
     for pos, (d, s) in enumerate(specs):
         if d != dtype:
             raise DtypeDriftError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected {dtype_name(dtype)} "
-                f"(as sample {_index(indices, 0)}), found {dtype_name(d)}; store every sample as "
+                f"{_where(path, indices, pos)}: expected {dtype_name(dtype)} "
+                f"(as {_first(indices)}), found {dtype_name(d)}; store every sample as "
                 f"{dtype_name(dtype)} (nothing is cast on the host)",
                 field=path,
                 index=_index(indices, pos),
             )
         if s != shape:
             raise ShapeMismatchError(
-                f"{describe(path or '<sample>', _index(indices, pos))}: expected shape {tuple(shape)} "
-                f"(as sample {_index(indices, 0)}), found {tuple(s)}; resize or pad samples to one "
+                f"{_where(path, indices, pos)}: expected shape {tuple(shape)} "
+                f"(as {_first(indices)}), found {tuple(s)}; resize or pad samples to one "
                 "shape, or collate this field yourself",
                 field=path,
                 index=_index(indices, pos),
@@ -201,7 +224,7 @@ def _stack_tensors(batch: list[torch.Tensor], path: str | None, indices: list[in
 def _stack_scalars(batch: list[Any], path: str | None, indices: list[int] | None) -> torch.Tensor:
     specs = [value_spec(v) for v in batch]
     _check_uniform(specs, path, indices)  # type: ignore[arg-type]
-    dtype = to_torch_dtype(batch[0].dtype)
+    dtype = specs[0][0]  # type: ignore[index]
     out = allocate((len(batch),), dtype)
     out.numpy()[:] = batch
     record(STAGE, path or "<sample>", "stack: per-sample values", copied=nbytes(out))

@@ -1,0 +1,98 @@
+"""File views cross as descriptors: registered mappings, offsets, and the receiver's own mapping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zcopy_data import NumpyDataset, strict_asarray
+from zcopy_data.collate import descriptors
+from zcopy_data.collate.descriptors import describe_file_view, rebuild_file_view, register_file_array
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made here do not outlive the test (they hold their mappings open)."""
+    monkeypatch.setattr(descriptors, "_ranges", [])
+    monkeypatch.setattr(descriptors, "_by_array", {})
+    monkeypatch.setattr(descriptors, "_bases", {})
+
+
+def _cross(t: torch.Tensor) -> torch.Tensor:
+    d = describe_file_view(t)
+    assert d is not None
+    return rebuild_file_view(d.path, d.key, d.offset, d.shape, d.stride, d.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int64, np.bool_])
+def test_a_contiguous_view_crosses_as_path_and_offset(tmp_path: Path, dtype):
+    data = (np.arange(200 * 6) % 7).astype(dtype).reshape(200, 2, 3)
+    np.save(tmp_path / "x.npy", data)
+    col = NumpyDataset({"x": str(tmp_path / "x.npy")}).columns()["x"]
+    rng = register_file_array(col)
+    assert rng is not None and rng.path == os.path.realpath(tmp_path / "x.npy")
+    view = strict_asarray(col[10:30], field="x")
+    d = describe_file_view(view)
+    header = np.load(tmp_path / "x.npy", mmap_mode="r").offset
+    assert d is not None
+    assert d.offset == header + 10 * 6 * data.itemsize
+    assert (d.shape, d.dtype) == ((20, 2, 3), view.dtype)
+    out = _cross(view)
+    assert torch.equal(out, torch.from_numpy(data[10:30]))
+    assert out.data_ptr() != view.data_ptr()  # the receiver's own mapping of the file
+
+
+def test_strided_view_keeps_its_strides(tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.arange(300, dtype=np.float32).reshape(100, 3))
+    col = NumpyDataset({"x": str(tmp_path / "x.npy")}).columns()["x"]
+    register_file_array(col)
+    view = torch.from_numpy(col[5:50:2, 1])
+    out = _cross(view)
+    assert out.stride() == view.stride() and torch.equal(out, view)
+
+
+def test_the_receiver_reads_the_file_not_a_copy(tmp_path: Path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((64, 4), np.int64))
+    col = NumpyDataset({"x": str(path)}).columns()["x"]
+    register_file_array(col)
+    out = _cross(torch.from_numpy(col[8:16]))
+    base = descriptors._bases[(os.path.realpath(path), descriptors._file_key(str(path)))]
+    assert base.ctypes.data <= out.data_ptr() < base.ctypes.data + base.nbytes
+    writer = np.load(path, mmap_mode="r+")
+    writer[9, 2] = 77  # another process writing the file: the private mapping's untouched pages follow it
+    writer.flush()
+    del writer
+    assert out[1, 2].item() == 77
+
+
+def test_in_memory_arrays_and_unregistered_tensors_have_no_descriptor():
+    arr = np.arange(10)
+    assert register_file_array(arr) is None
+    assert describe_file_view(torch.from_numpy(arr)) is None
+    assert describe_file_view(torch.arange(5)) is None
+
+
+def test_a_read_only_memmap_remapped_privately_is_found(tmp_path: Path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(50, dtype=np.int32))
+    col = NumpyDataset({"x": np.load(path, mmap_mode="r")}).columns()["x"]
+    rng = register_file_array(col)
+    assert rng is not None and rng.path == os.path.realpath(path)
+    assert torch.equal(_cross(torch.from_numpy(col[3:9])), torch.arange(3, 9, dtype=torch.int32))
+
+
+def test_a_file_replaced_under_the_loader_is_an_error(tmp_path: Path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(50, dtype=np.int64))
+    col = NumpyDataset({"x": str(path)}).columns()["x"]
+    register_file_array(col)
+    d = describe_file_view(torch.from_numpy(col[0:5]))
+    assert d is not None
+    np.save(path, np.arange(60, dtype=np.int64))
+    with pytest.raises(RuntimeError, match="changed after a DataLoader worker mapped it"):
+        rebuild_file_view(d.path, d.key, d.offset, d.shape, d.stride, d.dtype)

@@ -1,0 +1,124 @@
+"""DDP across real processes (gloo on CPU): every sample exactly once per epoch across the ranks.
+
+Both runs use ``examples/lightning_ddp.py``: each rank writes the sample indices it trained on,
+per epoch, and the test checks their union. One run lets Lightning start the second process
+(``strategy="ddp", devices=2``: its ``DistributedSampler`` is injected into our loader, a
+``DataLoader`` subclass it re-creates); the other
+starts two single-process "nodes" itself with ``NODE_RANK`` / ``MASTER_ADDR``, as on a cluster,
+with the rank-aware block sampler that Lightning must leave alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "lightning_ddp.py"
+SAMPLES, BATCH, EPOCHS = 64, 8, 2
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def command(tmp_path: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        str(EXAMPLE),
+        "--samples",
+        str(SAMPLES),
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        str(EPOCHS),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        *args,
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def records(out: Path, world: int) -> dict[tuple[int, int], dict[str, Any]]:
+    found = {}
+    for rank in range(world):
+        for epoch in range(EPOCHS):
+            path = out / f"rank{rank}_epoch{epoch}.json"
+            assert path.exists(), f"rank {rank} wrote nothing for epoch {epoch}: {sorted(os.listdir(out))}"
+            found[rank, epoch] = json.loads(path.read_text())
+    return found
+
+
+def assert_each_sample_once_per_epoch(seen: dict[tuple[int, int], dict[str, Any]], world: int) -> None:
+    for epoch in range(EPOCHS):
+        shards = [seen[rank, epoch]["indices"] for rank in range(world)]
+        assert all(seen[rank, epoch]["world_size"] == world for rank in range(world))
+        assert [len(s) for s in shards] == [SAMPLES // world] * world
+        union = sorted(i for shard in shards for i in shard)
+        assert union == list(range(SAMPLES))  # every sample, none twice, across all ranks
+    # set_epoch reached the sampler on every rank: a new order (and new shards) each epoch
+    for rank in range(world):
+        assert seen[rank, 0]["indices"] != seen[rank, 1]["indices"]
+
+
+def test_ddp_two_processes_with_lightnings_distributed_sampler(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(
+        command(tmp_path, "--devices", "2", "--shuffle", "shuffle", "--device-prefetch", "2"),
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = records(tmp_path / "out", 2)
+    # Lightning re-created our DataLoader subclass around its DistributedSampler
+    assert {(r["loader"], r["sampler"]) for r in seen.values()} == {("DevicePrefetchingLoader", "DistributedSampler")}
+    assert_each_sample_once_per_epoch(seen, 2)
+
+
+def test_two_nodes_started_externally_with_the_block_sampler(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            command(tmp_path, "--num-nodes", "2", "--devices", "1", "--shuffle", "block", "--workers", "1"),
+            cwd=REPO,
+            env=environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank), LOCAL_RANK="0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=200)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    seen = records(tmp_path / "out", 2)
+    assert {(r["loader"], r["sampler"]) for r in seen.values()} == {("ShardedLoader", "BlockShuffleSampler")}
+    assert_each_sample_once_per_epoch(seen, 2)

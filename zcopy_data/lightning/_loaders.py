@@ -1,0 +1,157 @@
+"""The loaders a ``ZeroCopyDataModule`` builds, and the ledger records that ride with batches.
+
+* ``sequential`` / ``shuffle``: a plain ``DataLoader`` with ``zero_copy_collate`` and
+  ``shuffle=False`` / ``True``, exactly what a default Lightning setup builds, so under DDP
+  Lightning swaps in its ``DistributedSampler`` (and calls ``set_epoch``) as it always does.
+* ``block``: a ``DataLoader`` over a rank-aware :class:`~zcopy_data.samplers.BlockShuffleSampler`
+  (contiguous batches, so each one is a view, in shuffled order), wrapped in
+  :class:`ShardedLoader`. The wrapper is deliberately not a ``DataLoader``: Lightning then leaves
+  it alone instead of injecting a ``DistributedSampler`` into a sampler that already shards, and
+  it still finds ``.sampler.set_epoch`` and calls it every epoch.
+
+With ``device_prefetch=N`` the loaders are :class:`DevicePrefetchingLoader`: still a
+``DataLoader`` (Lightning re-creates it with its samplers, keeping the extra arguments), whose
+batches are already on the accelerator, copied ``N`` batches ahead while the model computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from zcopy_data.explain import _record_crossing
+from zcopy_data.ledger import LEDGER, Record, capture
+from zcopy_data.transfer import DevicePrefetcher
+
+__all__ = [
+    "SHUFFLE_MODES",
+    "DevicePrefetchingLoader",
+    "LedgerBatch",
+    "RecordingCollate",
+    "ShardedLoader",
+    "unwrap_ledger_batch",
+]
+
+SHUFFLE_MODES = ("sequential", "shuffle", "block")
+
+
+class LedgerBatch(NamedTuple):
+    """A batch with the ledger records made while it was assembled (they cross from workers)."""
+
+    batch: Any
+    records: tuple[Record, ...]
+    in_worker: bool
+
+
+class RecordingCollate:
+    """Wraps a collate_fn so the ledger records of each batch reach the main process."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Any) -> LedgerBatch:
+        in_worker = get_worker_info() is not None
+        with capture() as records:
+            batch = self.collate_fn(samples)
+            if in_worker:
+                _record_crossing(batch)
+        return LedgerBatch(batch, tuple(records), in_worker)
+
+
+def unwrap_ledger_batch(batch: Any) -> Any:
+    """The batch itself; records made in a worker are added to this process's ``LEDGER``.
+
+    Records made in the main process are in ``LEDGER`` already and are not counted twice.
+    """
+    if not isinstance(batch, LedgerBatch):
+        return batch
+    if batch.in_worker:
+        LEDGER.extend(batch.records)
+    return batch.batch
+
+
+class ShardedLoader:
+    """A ``DataLoader`` whose batch sampler already shards by rank, hidden from Lightning's
+    sampler injection.
+
+    Attributes:
+        loader: the wrapped ``DataLoader``.
+        sampler: the rank-aware batch sampler; Lightning calls its ``set_epoch`` every epoch.
+    """
+
+    def __init__(self, loader: DataLoader[Any], sampler: Any) -> None:
+        self.loader = loader
+        self.sampler = sampler
+
+    @property
+    def dataset(self) -> Any:
+        return self.loader.dataset
+
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
+    @property
+    def worker_init_fn(self) -> Callable[[int], None] | None:
+        """The wrapped loader's; Lightning sets it under ``seed_everything(workers=True)``."""
+        return self.loader.worker_init_fn
+
+    @worker_init_fn.setter
+    def worker_init_fn(self, fn: Callable[[int], None] | None) -> None:
+        self.loader.worker_init_fn = fn
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose order the next iteration yields (for loops outside Lightning)."""
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __repr__(self) -> str:
+        return f"ShardedLoader({self.sampler!r}, num_workers={self.loader.num_workers})"
+
+
+class _HostBatches:
+    """The plain ``DataLoader`` iteration of a :class:`DevicePrefetchingLoader` (host batches)."""
+
+    def __init__(self, loader: DataLoader[Any]) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return DataLoader.__iter__(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class DevicePrefetchingLoader(DataLoader):  # type: ignore[type-arg]
+    """A ``DataLoader`` whose iteration yields batches already on ``device``, ``depth`` ahead.
+
+    The copies are :class:`~zcopy_data.transfer.DevicePrefetcher`'s: one persistent side
+    stream, pinned staging, events, ``record_stream``. With ``device`` ``None`` or the CPU it
+    iterates like its base class. Casts stay in ``on_after_batch_transfer``.
+
+    Args:
+        device: the accelerator (keyword only, like ``depth``); every other argument is the
+            ``DataLoader``'s.
+        depth: batches in flight ahead of the one the model is using.
+    """
+
+    def __init__(self, *args: Any, device: torch.device | str | None = None, depth: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.device = None if device is None else torch.device(device)
+        self.depth = depth
+        self._prefetcher: DevicePrefetcher | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.device is None or self.device.type == "cpu":
+            return super().__iter__()
+        if self._prefetcher is None:  # one per loader: its pinned pool is reused every epoch
+            self._prefetcher = DevicePrefetcher(_HostBatches(self), self.device, depth=self.depth, schema=None)
+        return iter(self._prefetcher)

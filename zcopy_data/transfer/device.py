@@ -1,0 +1,333 @@
+"""The host -> device hop: copies on one side stream, handed to the consumer by events.
+
+Rule by rule (DESIGN.md, "The GPU hop"):
+
+1. copies read pinned memory (a gather buffer, or a slot of a :class:`PinnedBufferPool`) with
+   ``non_blocking=True``; pageable memory is copied synchronously, and the ledger says so;
+2. they run on one persistent transfer stream per device, never on the consumer's stream;
+3. the device tensors get ``record_stream(consumer)``, so the caching allocator never hands
+   their memory to another tensor before the consumer's work on them is done;
+4. the consumer's stream waits on the copy's event: a device-side wait, the host runs on;
+5. and 6. host tensors a copy reads stay referenced until its event completes, so no pool
+   rewrites a buffer the device is still reading;
+7. :class:`DevicePrefetcher` keeps ``depth`` batches in flight, its pool has ``depth + 2`` slots.
+
+Device-side casts (:class:`~zcopy_data.transfer.cast.DeviceCast`) run on the transfer stream
+right after the copy, so the consumer receives finished tensors. With ``device="cpu"`` nothing is
+pinned or copied and the same casts run on the CPU: the same batches, on every build.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from zcopy_data.collate.buffers import nbytes
+from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.errors import SchemaError
+from zcopy_data.ledger import record
+from zcopy_data.schema import Schema
+from zcopy_data.transfer._streams import hold_until, on_stream, resolve_device, side_stream
+from zcopy_data.transfer.cast import CastMap, DeviceCast
+from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, exact_gathers
+
+__all__ = ["DevicePrefetcher", "to_device"]
+
+STAGE = "host->device"
+PIN = "pin"
+
+
+# -- batch trees -------------------------------------------------------------------------------
+def leaves(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every tensor of a nested dict / list / tuple batch."""
+    if isinstance(obj, torch.Tensor):
+        yield path or "<batch>", obj
+    elif isinstance(obj, collections.abc.Mapping):
+        for k, v in obj.items():
+            yield from leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from leaves(v, f"{path}[{i}]" if path else str(i))
+
+
+def map_tensors(obj: Any, fn: Callable[[str, torch.Tensor], torch.Tensor], path: str = "") -> Any:
+    """The same structure with every tensor replaced by ``fn(name, tensor)`` (names as :func:`leaves`)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(path or "<batch>", obj)
+    if isinstance(obj, collections.abc.Mapping):
+        items = {k: map_tensors(v, fn, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+        if type(obj) is dict:
+            return items
+        try:
+            return type(obj)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(map_tensors(v, fn, f"{path}[{i}]" if path else str(i)) for i, v in enumerate(obj)))
+    if isinstance(obj, (list, tuple)):
+        seq = [map_tensors(v, fn, f"{path}[{i}]" if path else str(i)) for i, v in enumerate(obj)]
+        return seq if type(obj) is list else type(obj)(seq)
+    return obj
+
+
+def _as_cast(cast: CastMap | DeviceCast | None, schema: Schema | None = None) -> DeviceCast:
+    if isinstance(cast, DeviceCast) and schema is None:
+        return cast
+    return DeviceCast(cast, schema)
+
+
+# -- one batch -----------------------------------------------------------------------------------
+class _Transfer:
+    """One batch's copies, issued on the transfer stream; :meth:`handoff` gives it to the consumer."""
+
+    def __init__(
+        self,
+        batch: Any,
+        device: torch.device,
+        cast: DeviceCast,
+        *,
+        non_blocking: bool,
+        stream: torch.Stream,
+        slot: PinnedSlot | None = None,
+    ) -> None:
+        self.device = device
+        host: list[torch.Tensor] = []
+
+        def copy(name: str, t: torch.Tensor) -> torch.Tensor:
+            if t.device == device:
+                record(STAGE, name, "already on the device", viewed=nbytes(t))
+                return t
+            if t.device.type == "cpu":
+                host.append(t)
+                pinned = t.is_pinned()
+                reason = (
+                    "DMA from pinned memory on the transfer stream"
+                    if pinned
+                    else "pageable memory: synchronous copy (gather into pinned memory to overlap it)"
+                )
+                record(STAGE, name, reason, copied=nbytes(t))
+                return t.to(device, non_blocking=non_blocking and pinned)
+            record(STAGE, name, f"from {t.device}", copied=nbytes(t))
+            return t.to(device, non_blocking=non_blocking)
+
+        try:
+            consumer = torch.accelerator.current_stream(device)
+            if any(t.device.type != "cpu" for _, t in leaves(batch)):
+                stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
+            with on_stream(stream):
+                out = cast(map_tensors(batch, copy))
+                self.event = stream.record_event()
+        except BaseException:
+            if slot is not None:  # copies already issued may still read the slot: let them finish first
+                stream.synchronize()
+                slot.release()
+            raise
+        hold_until(self.event, host)
+        if slot is not None:
+            slot.release(self.event)
+        self.batch = out
+
+    def handoff(self) -> Any:
+        """Make the current stream wait for the copies; mark the tensors as used by it."""
+        consumer = torch.accelerator.current_stream(self.device)
+        consumer.wait_event(self.event)
+        for _, t in leaves(self.batch):
+            if t.device == self.device:
+                t.record_stream(consumer)
+        return self.batch
+
+
+class _Ready:
+    """A batch that needs no transfer (``device="cpu"``)."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def handoff(self) -> Any:
+        return self.batch
+
+
+def _to_cpu(name: str, t: torch.Tensor) -> torch.Tensor:
+    if t.device.type == "cpu":
+        record(STAGE, name, "skipped: target device is cpu", viewed=nbytes(t))
+        return t
+    record(STAGE, name, f"from {t.device} to cpu", copied=nbytes(t))
+    return t.to("cpu")
+
+
+def to_device(
+    batch: Any,
+    device: torch.device | str | int,
+    *,
+    non_blocking: bool = True,
+    cast: CastMap | DeviceCast | None = None,
+    stream: torch.Stream | None = None,
+) -> Any:
+    """Move a batch (nested dict / list / tuple of tensors) to ``device``, then cast it there.
+
+    The copies run on ``stream`` (default: the device's persistent transfer stream); the current
+    stream waits for them on the device, and the returned tensors are safe to use on it at once.
+
+    Args:
+        batch: the batch; non-tensor leaves pass through.
+        device: target device; ``"cpu"`` moves nothing and still applies ``cast``.
+        non_blocking: copy pinned host memory asynchronously.
+        cast: field -> dtype or :class:`~zcopy_data.transfer.Cast`, applied on the device.
+        stream: the transfer stream to copy on.
+
+    >>> batch = {"image": torch.full((2, 3), 255, dtype=torch.uint8), "label": torch.tensor([0, 1])}
+    >>> to_device(batch, "cpu", cast={"image": torch.float32})["image"].dtype
+    torch.float32
+    """
+    dev = resolve_device(device)
+    caster = _as_cast(cast)
+    if dev.type == "cpu":
+        return caster(map_tensors(batch, _to_cpu))
+    side = stream if stream is not None else side_stream(dev)
+    return _Transfer(batch, dev, caster, non_blocking=non_blocking, stream=side).handoff()
+
+
+# -- a loader's batches, prefetched -------------------------------------------------------------
+def _loader_schema(loader: Iterable[Any]) -> Schema | None:
+    ds = getattr(loader, "dataset", None)
+    if isinstance(ds, ZeroCopyDataset):
+        try:
+            return ds.schema
+        except SchemaError:
+            return None
+    return None
+
+
+class DevicePrefetcher:
+    """Iterate a loader's batches on ``device``, with ``depth`` batches' copies in flight.
+
+    While the model computes on batch ``k``, batches ``k+1 .. k+depth`` are being copied on the
+    transfer stream. A batch that is not already in pinned memory (one assembled in a worker,
+    say) is first copied into a slot of an exact-size pinned pool with ``depth + 2`` slots.
+
+    Args:
+        loader: any iterable of batches (a ``DataLoader``, usually).
+        device: target device; ``"cpu"`` yields the loader's batches, cast.
+        depth: batches in flight ahead of the consumer (>= 1).
+        cast: device cast map, checked now against the dataset's schema when the loader has a
+            :class:`~zcopy_data.ZeroCopyDataset`, else at the first batch.
+        non_blocking: copy asynchronously (only pinned memory can be).
+        pin: stage batches that are not pinned through the pool (accelerators only).
+        schema: the batches' schema, when the loader cannot tell.
+
+    >>> import numpy as np
+    >>> from torch.utils.data import DataLoader
+    >>> from zcopy_data import NumpyDataset, zero_copy_collate
+    >>> ds = NumpyDataset({"image": np.zeros((8, 3, 2, 2), np.uint8), "label": np.arange(8)})
+    >>> loader = DataLoader(ds, batch_size=4, collate_fn=zero_copy_collate)
+    >>> [b["image"].dtype for b in DevicePrefetcher(loader, "cpu", cast={"image": torch.float16})]
+    [torch.float16, torch.float16]
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        device: torch.device | str | int,
+        depth: int = 2,
+        cast: CastMap | DeviceCast | None = None,
+        *,
+        non_blocking: bool = True,
+        pin: bool = True,
+        schema: Schema | None = None,
+    ) -> None:
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"{depth=} should be an int >= 1")
+        self.loader = loader
+        self.device = resolve_device(device)
+        self.depth = depth
+        self.cast = _as_cast(cast, schema if schema is not None else _loader_schema(loader))
+        self.non_blocking = non_blocking
+        self.pin = pin
+        self.pool: PinnedBufferPool | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        on_cpu = self.device.type == "cpu"
+        start = self._start_cpu if on_cpu else self._start_device
+        gathers = contextlib.nullcontext if on_cpu else exact_gathers
+        queue: deque[_Transfer | _Ready] = deque()
+        consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
+
+        def issue() -> bool:
+            try:
+                with gathers():  # on a device, every batch pulled here is copied by us, under our events
+                    batch = next(it)
+            except StopIteration:
+                return False
+            queue.append(start(batch))
+            return True
+
+        for _ in range(self.depth):
+            if not issue():
+                break
+        while queue:
+            batch = queue.popleft().handoff()
+            if not on_cpu:
+                # The host may run ahead of the device by at most depth + 2 batches: beyond that,
+                # device memory and pinned buffers would pile up behind the consumer's stream.
+                consumed.append(torch.accelerator.current_stream(self.device).record_event())
+                while len(consumed) > self.depth + 1:
+                    consumed.popleft().synchronize()
+            issue()
+            yield batch
+
+    def _start_cpu(self, batch: Any) -> _Ready:
+        for name, t in leaves(batch):
+            if t.device.type == "cpu":
+                record(PIN, name, "skipped: no accelerator to pin for", viewed=nbytes(t))
+        return _Ready(self.cast(map_tensors(batch, _to_cpu)))
+
+    def _start_device(self, batch: Any) -> _Transfer:
+        stream = side_stream(self.device)
+        batch, slot = self._stage(batch)
+        return _Transfer(batch, self.device, self.cast, non_blocking=self.non_blocking, stream=stream, slot=slot)
+
+    def _stage(self, batch: Any) -> tuple[Any, PinnedSlot | None]:
+        """Copy host tensors that are not pinned into a pool slot (one counted copy); others pass."""
+        host = [(n, t) for n, t in leaves(batch) if t.device.type == "cpu"]
+        unpinned = {n: t for n, t in host if not t.is_pinned()}
+        for n, t in host:
+            if n not in unpinned:
+                record(PIN, n, "free: already in pinned memory (gathered there)", viewed=nbytes(t))
+        if not unpinned or not self.pin:
+            return batch, None
+        if self.pool is None:
+            self.pool = PinnedBufferPool(
+                {n: (tuple(t.shape), t.dtype) for n, t in unpinned.items()}, slots=self.depth + 2
+            )
+        specs = self.pool.specs
+        fits = all(
+            n in specs
+            and t.dtype == specs[n][1]
+            and t.dim() == len(specs[n][0])
+            and t.shape[0] <= specs[n][0][0]
+            and tuple(t.shape[1:]) == specs[n][0][1:]
+            for n, t in unpinned.items()
+        )
+        if not fits:
+            return batch, None  # an odd batch: its copy is synchronous, and the ledger says so
+        slot = self.pool.acquire()
+        staged: dict[str, torch.Tensor] = {}
+        try:
+            for n, t in unpinned.items():
+                dst = slot[n][: t.shape[0]]
+                dst.copy_(t)
+                record(PIN, n, "copied into a pinned pool slot", copied=nbytes(t))
+                staged[n] = dst
+        except BaseException:
+            slot.release()
+            raise
+        return map_tensors(batch, lambda n, t: staged.get(n, t)), slot

@@ -1,0 +1,395 @@
+"""Exact-size pinned host buffers, reused only when nothing can still read or write them.
+
+PyTorch's pinned allocator rounds every request up to a power of two (a 3.1 MiB batch pins
+4 MiB). Here one block of page-locked memory is mapped for the exact bytes (rounded to a page)
+and registered with the driver (``cudaHostRegister``), then carved into buffers at fixed offsets.
+Each buffer is its own tensor storage, so "does anything still reference it?" is a question about
+that storage's use count, not about data pointers.
+
+A buffer is free when (1) its lease was released, (2) the event of the copy that reads it has
+completed, and (3) no tensor, view or NumPy array references its storage beyond the pool's own.
+
+Without an accelerator the same pools hand out ordinary host memory (``pinned_bytes == 0``), so
+the reuse logic runs, and is tested, everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import mmap
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from zcopy_data._dtypes import dtype_name
+from zcopy_data.errors import SchemaError, ZeroCopyError
+from zcopy_data.schema import Schema
+from zcopy_data.transfer._streams import accelerator, check_main_process, reap
+
+__all__ = [
+    "PinnedBufferPool",
+    "PinnedSlot",
+    "PoolExhaustedError",
+    "exact_gathers",
+    "is_pinned_gather",
+    "is_pool_memory",
+    "pinned_buffer",
+    "set_pinned_gathers",
+]
+
+ALIGN = 64  # every buffer starts on a cache line (and on any dtype's alignment)
+PAGE = mmap.PAGESIZE
+Spec = tuple[tuple[int, ...], torch.dtype]
+
+
+class PoolExhaustedError(ZeroCopyError, RuntimeError):
+    """Every buffer of a pool is still referenced; nothing can be reused without corrupting data."""
+
+
+def _align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _use_count(t: torch.Tensor) -> int:
+    """References to ``t``'s storage (tensors and views, NumPy arrays over it, the pool's own)."""
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+# -- page-locked blocks ------------------------------------------------------------------------
+_blocks: dict[int, tuple[int, int]] = {}  # key -> [start, end) of live blocks, for is_pool_memory
+_keys = itertools.count()
+_blocks_lock = threading.Lock()
+
+
+class _HostBlock:
+    """``nbytes`` of host memory, page-locked when ``pin`` (exactly, up to one page)."""
+
+    def __init__(self, nbytes: int, *, pin: bool) -> None:
+        self.nbytes = _align(max(nbytes, 1), PAGE)
+        self.pinned_bytes = 0
+        key = next(_keys)
+        if pin and _cuda_like():
+            mm = mmap.mmap(-1, self.nbytes)  # page-aligned, pages of its own: no overlap with other registrations
+            self.array = np.frombuffer(mm, dtype=np.uint8)
+            ptr = self.array.ctypes.data
+            cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+            err = int(cudart.cudaHostRegister(ptr, self.nbytes, 1))  # 1: cudaHostRegisterPortable
+            if err != 0:
+                raise RuntimeError(f"cudaHostRegister of {self.nbytes} bytes failed with cudaError {err}")
+            self.pinned_bytes = self.nbytes
+            weakref.finalize(self.array, _unregister, ptr, mm, key)  # unregister before the pages go
+        elif pin:
+            # Other accelerators: one block from PyTorch's pinned allocator (rounded once, not per buffer).
+            block = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=True)
+            self.array = block.numpy()
+            self.pinned_bytes = self.nbytes
+            weakref.finalize(self.array, _forget, key)
+        else:
+            self.array = np.frombuffer(mmap.mmap(-1, self.nbytes), dtype=np.uint8)
+            weakref.finalize(self.array, _forget, key)
+        start = self.array.ctypes.data
+        with _blocks_lock:
+            _blocks[key] = (start, start + self.nbytes)
+
+    def carve(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor with a storage of its own over ``[offset, offset + nbytes)`` of the block."""
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        flat = torch.from_numpy(self.array[offset : offset + n])
+        return flat.view(dtype).view(shape)
+
+
+def _cuda_like() -> bool:
+    acc = accelerator()
+    return acc is not None and acc.type == "cuda"
+
+
+def _forget(key: int) -> None:
+    with _blocks_lock:
+        _blocks.pop(key, None)
+
+
+def _unregister(ptr: int, mm: mmap.mmap, key: int) -> None:  # noqa: ARG001 (mm: kept mapped until now)
+    _forget(key)
+    try:
+        torch.cuda.cudart().cudaHostUnregister(ptr)  # type: ignore[no-untyped-call]
+    except Exception:  # at interpreter exit the driver may be gone already; the pages go anyway
+        pass
+
+
+def is_pool_memory(t: torch.Tensor) -> bool:
+    """True when ``t`` lives in a buffer of a zcopy_data pool (pinned when an accelerator exists)."""
+    if t.device.type != "cpu":
+        return False
+    ptr = t.untyped_storage().data_ptr()
+    with _blocks_lock:
+        return any(start <= ptr < end for start, end in _blocks.values())
+
+
+# -- a pool of batch-sized slots -----------------------------------------------------------------
+class PinnedSlot(Mapping[str, torch.Tensor]):
+    """One leased set of buffers, one per field; give it back with :meth:`release`."""
+
+    def __init__(self, pool: PinnedBufferPool, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        self.pool = pool
+        self.index = index
+        self._tensors = tensors
+        self._baseline = {name: _use_count(t) for name, t in tensors.items()}
+        self._leased = False
+        self._event: torch.Event | None = None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t = self._tensors[name]
+        return t.view(t.shape)  # a new view: whoever keeps it counts as a reference to the buffer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def release(self, event: torch.Event | None = None) -> None:
+        """Give the slot back; it is reused only after ``event`` (the copy reading it) completes."""
+        with self.pool._lock:
+            if not self._leased:
+                raise RuntimeError(f"slot {self.index} released twice")
+            self._event = event
+            self._leased = False
+
+    def referenced(self) -> bool:
+        """True while a tensor, view or array other than the pool's own references a buffer."""
+        return any(_use_count(t) > self._baseline[n] for n, t in self._tensors.items())
+
+    def copying(self) -> bool:
+        """True while the copy recorded by :meth:`release` has not completed."""
+        if self._event is None:
+            return False
+        if self._event.query():
+            self._event = None
+            return False
+        return True
+
+    def is_free(self) -> bool:
+        return not self._leased and not self.copying() and not self.referenced()
+
+    def __repr__(self) -> str:
+        return f"PinnedSlot({self.index}, {list(self._tensors)})"
+
+
+class PinnedBufferPool:
+    """``slots`` exact-size batch buffers, allocated once, pinned when an accelerator exists.
+
+    Args:
+        fields: a :class:`~zcopy_data.Schema` (with ``batch_size``) or ``name -> (shape, dtype)``
+            of whole batches.
+        batch_size: samples per batch, required with a schema.
+        slots: how many batches can be in flight or held at once. With a prefetch depth ``d``,
+            use at least ``d + 2`` (one being filled, ``d`` copying, one held by the consumer).
+        pin: page-lock the memory; default: when an accelerator is available.
+
+    >>> import torch
+    >>> pool = PinnedBufferPool({"x": ((4, 3), torch.float32)}, slots=2, pin=False)
+    >>> slot = pool.acquire()
+    >>> slot["x"].shape, pool.nbytes
+    (torch.Size([4, 3]), 96)
+    >>> slot.release()
+    """
+
+    def __init__(
+        self,
+        fields: Schema | Mapping[str, Spec],
+        *,
+        batch_size: int | None = None,
+        slots: int = 4,
+        pin: bool | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"{slots=} should be >= 1")
+        specs = _specs(fields, batch_size)
+        if pin is None:  # never query the accelerator from a worker: it may be a forked child
+            pin = get_worker_info() is None and accelerator() is not None
+        if pin:
+            check_main_process("pinning memory")
+        layout: dict[str, int] = {}
+        offset = 0
+        for name, (shape, dtype) in specs.items():
+            layout[name] = offset
+            offset += _align(math.prod(shape) * torch.empty((), dtype=dtype).element_size(), ALIGN)
+        self.specs = specs
+        self.slot_bytes = offset
+        self.nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in specs.values()) * slots
+        self._block = _HostBlock(offset * slots, pin=pin)
+        self.pinned_bytes = self._block.pinned_bytes
+        self._slots = [
+            PinnedSlot(
+                self,
+                i,
+                {n: self._block.carve(i * offset + layout[n], shape, dtype) for n, (shape, dtype) in specs.items()},
+            )
+            for i in range(slots)
+        ]
+        self._lock = threading.Lock()
+        self._next = 0
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_bytes > 0
+
+    def acquire(self, timeout: float | None = None) -> PinnedSlot:
+        """Lease a free slot, waiting for pending copies to complete if that frees one.
+
+        Args:
+            timeout: also wait up to this many seconds for other threads to drop references.
+                ``None`` (default) raises at once when only dropped references could free a slot.
+
+        Raises:
+            PoolExhaustedError: every slot is still leased or referenced.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reap()
+            with self._lock:
+                n = len(self._slots)
+                for k in range(n):
+                    slot = self._slots[(self._next + k) % n]
+                    if slot.is_free():
+                        slot._leased = True
+                        self._next = (slot.index + 1) % n
+                        return slot
+                pending = [s for s in self._slots if not s._leased and s._event is not None]
+            if pending:  # the oldest copy frees its slot when it completes
+                event = pending[0]._event
+                if event is not None:
+                    event.synchronize()
+                continue
+            if reap(wait_one=True):  # host references held for a copy still running
+                continue
+            if deadline is not None and time.monotonic() < deadline:
+                time.sleep(0.001)
+                continue
+            held = sum(s._leased for s in self._slots)
+            raise PoolExhaustedError(
+                f"all {n} slots of the pinned pool are in use ({held} leased, {n - held} still referenced by "
+                "tensors); drop references to old batches (or clone what you keep), or build the pool with "
+                "more slots"
+            )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}: {dtype_name(d)}{list(s)}" for k, (s, d) in self.specs.items())
+        return f"PinnedBufferPool({self.slots} slots of {{{fields}}}, pinned_bytes={self.pinned_bytes})"
+
+
+def _specs(fields: Schema | Mapping[str, Spec], batch_size: int | None) -> dict[str, Spec]:
+    out: dict[str, Spec] = {}
+    if isinstance(fields, Schema):
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"{batch_size=}: a pool built from a schema needs batch_size >= 1")
+        for name, f in fields.items():
+            if not f.is_fixed:
+                raise SchemaError(
+                    f"field {name!r}: shape {f} has a variable dimension, so its buffers cannot be allocated "
+                    "up front; declare a fixed shape or leave the field out of the pool",
+                    field=name,
+                )
+            out[name] = ((batch_size, *(int(d) for d in f.shape if d is not None)), f.dtype)
+        return out
+    for name, spec in fields.items():
+        try:
+            shape, dtype = spec
+            norm: Spec = (tuple(int(d) for d in shape), dtype)
+        except (TypeError, ValueError):
+            raise SchemaError(f"field {name!r}: expected (shape, dtype), found {spec!r}", field=name) from None
+        if not isinstance(dtype, torch.dtype) or any(d < 0 for d in norm[0]):
+            raise SchemaError(f"field {name!r}: expected (shape, torch dtype), found {spec!r}", field=name)
+        out[name] = norm
+    if not out:
+        raise SchemaError("a pinned pool needs at least one field")
+    return out
+
+
+# -- pinned outputs for gathers in the main process ------------------------------------------------
+#
+# Outside a zcopy_data device stage, whoever consumes a batch may copy it with its own
+# ``.to(device, non_blocking=True)``, a copy zcopy_data never sees. Those gathers therefore use
+# PyTorch's pinned allocator, which records an event for every such copy and reuses a block only
+# after it. Inside a device stage (``exact_gathers()``), every copy is ours and guarded by our
+# events, so gathers use exact-size registered buffers instead.
+_gather_pinning = True
+_local = threading.local()
+_cache: dict[Spec, list[torch.Tensor]] = {}
+_baselines: dict[int, int] = {}
+_cache_lock = threading.Lock()
+_gathered: dict[int, weakref.ref[torch.Tensor]] = {}
+MAX_PER_SHAPE = 8
+
+
+def set_pinned_gathers(enabled: bool) -> None:
+    """Turn gathering straight into pinned memory (main process, accelerator present) on or off."""
+    global _gather_pinning
+    _gather_pinning = bool(enabled)
+
+
+@contextmanager
+def exact_gathers() -> Iterator[None]:
+    """Within the block (this thread), gathers use exact-size buffers guarded by our copy events.
+
+    Only a stage that copies every batch it pulls itself, through :func:`to_device`, may use it.
+    """
+    prev = getattr(_local, "exact", False)
+    _local.exact = True
+    try:
+        yield
+    finally:
+        _local.exact = prev
+
+
+def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A pinned output buffer for one batch field gathered in the main process, or ``None``.
+
+    ``None`` without an accelerator, inside a worker, or when turned off with
+    :func:`set_pinned_gathers`. Inside :func:`exact_gathers`, an exact-size buffer reused once no
+    tensor references it (a copy by ``to_device`` references it until its event completes);
+    otherwise a buffer from PyTorch's pinned allocator, safe under any consumer's copies.
+    """
+    if not _gather_pinning or get_worker_info() is not None or accelerator() is None:
+        return None  # inside a worker the accelerator is never touched
+    if getattr(_local, "exact", False):
+        buf = _exact_buffer(tuple(shape), dtype)
+        if buf is not None:
+            return buf
+    buf = torch.empty(shape, dtype=dtype, pin_memory=True)
+    key = id(buf)
+    _gathered[key] = weakref.ref(buf, lambda _, k=key: _gathered.pop(k, None))  # type: ignore[misc]
+    return buf
+
+
+def _exact_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    reap()
+    with _cache_lock:
+        bufs = _cache.setdefault((shape, dtype), [])
+        for buf in bufs:
+            if _use_count(buf) == _baselines[id(buf)]:
+                return buf.view(buf.shape)  # a new view, so the batch holding it counts as a reference
+        if len(bufs) >= MAX_PER_SHAPE:
+            return None
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        buf = _HostBlock(nbytes, pin=True).carve(0, shape, dtype)
+        _baselines[id(buf)] = _use_count(buf)
+        bufs.append(buf)
+        return buf.view(buf.shape)
+
+
+def is_pinned_gather(t: torch.Tensor) -> bool:
+    """True when ``t`` is a buffer a gather wrote straight into pinned memory (so pinning it is free)."""
+    ref = _gathered.get(id(t))
+    return (ref is not None and ref() is t) or (is_pool_memory(t) and t.is_pinned())
