@@ -62,10 +62,10 @@ def _check_header(f: BinaryIO, name: str, field: str) -> None:
     head = f.read(len(_MAGIC))
     if head != _MAGIC:
         what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
-        raise refuse(f"is not a .npy file ({what or (f'it starts with {head!r}' if head else 'it is empty')})")
+        raise refuse(f"is not a readable .npy file ({what or (f'it starts with {head!r}' if head else 'it is empty')})")
     version = f.read(2)
     if len(version) < 2 or (version[0], version[1]) not in ((1, 0), (2, 0), (3, 0)):
-        raise refuse(f"is not a .npy file NumPy can read (format version {tuple(version)})")
+        raise refuse(f"is not a readable .npy file (unknown format version {tuple(version)})")
     read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
     try:
         shape, _, dtype = read(f)
