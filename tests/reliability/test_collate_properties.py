@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch.utils.data import default_collate
 
 from zcopy_data import DtypeDriftError, ShapeMismatchError, zero_copy_collate
+from zcopy_data.datasets import SampleBatch
 
 Pair = namedtuple("Pair", "first second")
 Triple = namedtuple("Triple", "a b c")
@@ -135,7 +136,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def assert_same(ours: Any, theirs: Any, path: str = "batch", *, str_seq_as_list: bool = False) -> None:
+def assert_same(ours: Any, theirs: Any, path: str = "batch") -> None:
     """Equal structure, container types, dtypes, shapes and bytes."""
     if isinstance(theirs, torch.Tensor):
         assert isinstance(ours, torch.Tensor), f"{path}: {type(ours).__name__} instead of a tensor"
@@ -143,17 +144,15 @@ def assert_same(ours: Any, theirs: Any, path: str = "batch", *, str_seq_as_list:
         assert ours.shape == theirs.shape, f"{path}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
         assert torch.equal(_bits(ours), _bits(theirs)), f"{path}: values differ"
         return
-    if str_seq_as_list and isinstance(theirs, tuple) and theirs and isinstance(theirs[0], (str, bytes)):
-        theirs = list(theirs)  # see test_strings_nested_in_a_sequence_keep_default_collate_tuple_type
     assert type(ours) is type(theirs), f"{path}: {type(ours).__name__} != {type(theirs).__name__}"
     if isinstance(theirs, dict):
         assert list(ours) == list(theirs), f"{path}: keys {list(ours)} != {list(theirs)}"
         for k in theirs:
-            assert_same(ours[k], theirs[k], f"{path}.{k}", str_seq_as_list=str_seq_as_list)
+            assert_same(ours[k], theirs[k], f"{path}.{k}")
     elif isinstance(theirs, (list, tuple)):
         assert len(ours) == len(theirs), f"{path}: length {len(ours)} != {len(theirs)}"
         for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            assert_same(a, b, f"{path}[{i}]", str_seq_as_list=str_seq_as_list)
+            assert_same(a, b, f"{path}[{i}]")
     else:
         assert ours == theirs, f"{path}: {ours!r} != {theirs!r}"
 
@@ -165,7 +164,7 @@ def test_collate_equals_default_collate(template: tuple[str, Any], batch_size: i
     batch = [_sample(template, rng) for _ in range(batch_size)]
     theirs = default_collate(batch)
     ours = zero_copy_collate(batch)
-    assert_same(ours, theirs, str_seq_as_list=True)
+    assert_same(ours, theirs)
 
 
 @SETTINGS
@@ -191,14 +190,10 @@ def test_collate_never_aliases_the_samples(template: tuple[str, Any], seed: int)
     assert_same(default_collate(batch), before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collate/collate.py builds each field as a list, so strings/bytes nested in a tuple, list or "
-    "namedtuple sample come back as a list where default_collate returns a tuple",
-)
 def test_strings_nested_in_a_sequence_keep_default_collate_tuple_type() -> None:
-    batch = [(1, "a"), (2, "b")]
-    assert_same(zero_copy_collate(batch), default_collate(batch))
+    """``default_collate`` returns the strings of a tuple/list/namedtuple field as a tuple (``zip(*batch)``)."""
+    for batch in ([(1, "a"), (2, "b")], [[b"x", 1.0], [b"y", 2.0]], [Pair("s", 1), Pair("t", 2)]):
+        assert_same(zero_copy_collate(batch), default_collate(batch))  # container types compared exactly
 
 
 # -- the deliberate difference: drift raises instead of promoting ---------------------------------
@@ -225,6 +220,10 @@ def test_mixed_dtypes_in_a_field_raise_drift_naming_field_and_index(
 ) -> None:
     first, other = pair
     bad = data.draw(st.integers(1, batch_size - 1), label="first drifting sample")
+    known = data.draw(
+        st.none() | st.lists(st.integers(0, 10**6), min_size=batch_size, max_size=batch_size, unique=True),
+        label="dataset indices (None: a plain list)",
+    )
     rng = np.random.default_rng(0)
 
     def value(dtype: Any) -> Any:
@@ -233,12 +232,19 @@ def test_mixed_dtypes_in_a_field_raise_drift_naming_field_and_index(
         arr = _values(rng, dtype, shape)
         return torch.from_numpy(arr) if kind == "tensor" else arr
 
-    batch = [{"x": {"y": value(other if i >= bad else first)}} for i in range(batch_size)]
+    batch: list[Any] = [{"x": {"y": value(other if i >= bad else first)}} for i in range(batch_size)]
+    if known is not None:  # what a ZeroCopyDataset hands over: the samples and their dataset indices
+        batch = SampleBatch(batch)
+        batch.indices = known
     with pytest.raises(DtypeDriftError) as err:
         zero_copy_collate(batch)
     assert err.value.field == "x.y"
-    assert err.value.index == bad
-    assert f"field 'x.y' at index {bad}" in str(err.value)
+    if known is None:
+        assert err.value.index is None
+        assert f"field 'x.y' at batch position {bad}" in str(err.value)
+    else:
+        assert err.value.index == known[bad]
+        assert f"field 'x.y' at index {known[bad]}" in str(err.value)
     want = str(torch.from_numpy(np.zeros(1, first)).dtype).removeprefix("torch.")
     found = str(torch.from_numpy(np.zeros(1, other)).dtype).removeprefix("torch.")
     assert f"expected {want}" in str(err.value)
@@ -254,14 +260,14 @@ def test_mixed_python_number_types_raise_drift_where_default_collate_promotes(
 ) -> None:
     batch = [(v,) for v in values]
     assert default_collate(batch)[0].dtype == promoted
-    with pytest.raises(DtypeDriftError, match=r"field '0' at index 1: expected a (int|float)"):
+    with pytest.raises(DtypeDriftError, match=r"field '0' at batch position 1: expected a (int|float)"):
         zero_copy_collate(batch)
 
 
 def test_numpy_arrays_of_mixed_dtypes_promote_in_default_collate_but_raise_here() -> None:
     batch = [{"x": np.zeros(3, np.float32)}, {"x": np.zeros(3, np.float64)}]
     assert default_collate(batch)["x"].dtype == torch.float64  # silent promotion: the peer behaviour
-    with pytest.raises(DtypeDriftError, match=r"field 'x' at index 1: expected float32 .* found float64"):
+    with pytest.raises(DtypeDriftError, match=r"field 'x' at batch position 1: expected float32 .* found float64"):
         zero_copy_collate(batch)
 
 
@@ -276,7 +282,7 @@ def test_mixed_shapes_in_a_field_raise_shape_mismatch(
     with pytest.raises(ShapeMismatchError) as err:
         zero_copy_collate(batch)
     assert err.value.field == "img"
-    assert err.value.index == bad
+    assert f"field 'img' at batch position {bad}" in str(err.value)
     assert str(other) in str(err.value)
 
 

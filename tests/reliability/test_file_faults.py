@@ -42,12 +42,12 @@ def _header(descr: str, shape: tuple[int, ...], fortran: bool = False) -> bytes:
     [
         (lambda raw: raw[:-10], r"is truncated: its header declares shape \(100, 4\) of <f4 = 1600 bytes"),
         (lambda raw: raw[:20], r"unreadable \.npy header \(EOF"),
-        (lambda raw: raw[:6], r"not a \.npy file NumPy can read \(format version \(\)\)"),
-        (lambda _: b"", r"not a \.npy file \(it is empty\)"),
-        (lambda raw: b"XXXXXX" + raw[6:], r"not a \.npy file \(it starts with b'XXXXXX'\)"),
-        (lambda raw: b"\x93NUMPX" + raw[6:], r"not a \.npy file"),
+        (lambda raw: raw[:6], r"not a readable \.npy file \(unknown format version \(\)\)"),
+        (lambda _: b"", r"not a readable \.npy file \(it is empty\)"),
+        (lambda raw: b"XXXXXX" + raw[6:], r"not a readable \.npy file \(it starts with b'XXXXXX'\)"),
+        (lambda raw: b"\x93NUMPX" + raw[6:], r"not a readable \.npy file"),
         (lambda raw: raw[:8] + b"\xff\xff" + raw[10:], r"unreadable \.npy header"),
-        (lambda _: bytes(range(256)) * 3, r"not a \.npy file"),
+        (lambda _: bytes(range(256)) * 3, r"not a readable \.npy file"),
     ],
     ids=[
         "truncated-data",

@@ -7,6 +7,7 @@ arrive, and in-place ops on batches must never reach the files on disk.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -166,16 +167,61 @@ def test_gathered_batches_are_private_copies(files: dict[str, Path]) -> None:
     assert np.array_equal(zero_copy_collate(ds.__getitems__([5, 9]))["weight"].numpy(), original)
 
 
-def test_writes_in_the_main_process_do_not_reach_the_workers(files: dict[str, Path]) -> None:
-    """With workers, a batch crosses to the main process as shared memory; writing it changes nothing else."""
-    ds = NumpyDataset({k: str(v) for k, v in files.items()})
-    loader = DataLoader(
-        ds, batch_size=10, num_workers=2, persistent_workers=True, collate_fn=zero_copy_collate, timeout=60
-    )
-    first = list(loader)
-    for b in first:
-        b["weight"].fill_(-1)
-    second = list(loader)
+def test_writes_to_view_batches_from_workers_persist_in_this_process_never_in_the_file(files: dict[str, Path]) -> None:
+    """Documented: a contiguous batch from a worker crosses as a file descriptor and is rebuilt over the main
+    process's one copy-on-write mapping of that file, so a write to it is seen by every later view batch of that
+    file in this process (other loaders and datasets included), never by the file, never by gathered batches.
+    ``copy=True`` isolates."""
     ref = _reference(files)
-    for b in second:
+    paths = {k: str(v) for k, v in files.items()}
+
+    def epoch(ds: NumpyDataset, shuffle: bool = False) -> list[dict[str, torch.Tensor]]:
+        loader = DataLoader(ds, batch_size=10, shuffle=shuffle, num_workers=2, collate_fn=zero_copy_collate, timeout=60)
+        return consume(loader)
+
+    for b in epoch(NumpyDataset(paths)):
+        b["weight"].fill_(-1)
+    again = epoch(NumpyDataset(paths))  # a new dataset and loader over the same file
+    assert all(torch.all(b["weight"] == -1) for b in again)
+    for b in epoch(NumpyDataset(paths), shuffle=True):  # gathers read the workers' own mappings
         assert np.array_equal(b["weight"].numpy(), ref["weight"][b["label"].numpy()])
+    for b in epoch(NumpyDataset(paths, copy=True)):
+        assert np.array_equal(b["weight"].numpy(), ref["weight"][b["label"].numpy()])
+    assert np.array_equal(np.load(files["weight"]), ref["weight"])  # the file never changed
+
+
+def test_views_of_any_kind_keep_a_worker_buffer_from_being_reused() -> None:
+    """Only a view of each batch is kept (a NumPy slice, a transpose, DLPack, a raw storage, ...), the batch
+    itself is dropped: the shared-memory buffer under it must not be handed out again while the view lives."""
+    src = np.random.default_rng(9).standard_normal((960, 64)).astype(np.float32)
+    ds = NumpyDataset({"x": src, "i": np.arange(len(src))})
+    loader = DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=zero_copy_collate,
+        timeout=60,
+    )
+    keepers = {
+        "numpy slice": lambda x: x.numpy()[2:5],
+        "tensor slice": lambda x: x[2:5],
+        "transpose": lambda x: x.T[:, 2:5],
+        "from_numpy": lambda x: torch.from_numpy(x.numpy()[2:5]),
+        "memoryview": lambda x: memoryview(x.numpy())[2:5],
+        "dlpack": lambda x: torch.from_dlpack(x[2:5]),
+        "storage": lambda x: torch.empty(0, dtype=x.dtype).set_(x.untyped_storage(), x.storage_offset(), x.shape)[2:5],
+        "frombuffer": lambda x: np.frombuffer(x.numpy(), dtype=np.float32).reshape(x.shape)[2:5],
+    }
+    held = []
+    for _ in range(2):
+        for n, batch in enumerate(loader):
+            name = list(keepers)[n % len(keepers)]
+            view = keepers[name](batch["x"])
+            held.append((name, view, batch["i"].numpy()[2:5].copy()))
+            del batch, view
+    gc.collect()
+    for name, view, idx in held:
+        got = np.asarray(view).T if name == "transpose" else np.asarray(view)
+        assert np.array_equal(got, src[idx]), f"a batch kept alive only by a {name} was overwritten"

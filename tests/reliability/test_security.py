@@ -41,7 +41,7 @@ def test_a_pickle_disguised_as_npy_is_never_unpickled(tmp_path: Path, workers: i
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.npy"
     path.write_bytes(pickle.dumps(Payload(marker)))
-    with pytest.raises(SchemaError, match=r"field 'x': .*evil\.npy' is not a \.npy file"):
+    with pytest.raises(SchemaError, match=r"field 'x': .*evil\.npy' is not a readable \.npy file"):
         ds = NumpyDataset({"x": str(path)})
         list(DataLoader(ds, num_workers=workers, collate_fn=zero_copy_collate))
     assert not marker.exists()
@@ -158,3 +158,47 @@ def test_the_guard_flags_unsafe_calls(snippet: str) -> None:
 )
 def test_the_guard_accepts_safe_calls(snippet: str) -> None:
     assert _problems(snippet) == []
+
+
+# -- Arrow and Parquet metadata ---------------------------------------------------------------------
+def _pickled_metadata_table(marker: Path) -> tuple[object, object]:
+    import pyarrow as pa
+
+    payload = pickle.dumps(Payload(marker))
+    field = pa.field(
+        "x",
+        pa.float32(),
+        metadata={b"ARROW:extension:name": b"arrow.py_extension_type", b"ARROW:extension:metadata": payload},
+    )
+    schema = pa.schema([field], metadata={b"pickled": payload, b"pandas": payload})
+    return schema, pa.record_batch([pa.array(np.arange(5, dtype=np.float32))], schema=schema)
+
+
+def test_pickles_in_arrow_metadata_are_never_unpickled(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from zcopy_data.datasets import ArrowDataset
+
+    marker = tmp_path / "pwned"
+    schema, batch = _pickled_metadata_table(marker)
+    path = tmp_path / "meta.arrow"
+    with pa.ipc.new_file(str(path), schema) as writer:
+        writer.write_batch(batch)
+    ds = ArrowDataset(path)
+    assert zero_copy_collate(ds.__getitems__([4, 0]))["x"].tolist() == [4.0, 0.0]
+    assert not marker.exists()
+
+
+def test_pickles_in_parquet_metadata_are_never_unpickled(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zcopy_data.datasets import ArrowDataset
+
+    marker = tmp_path / "pwned"
+    _, batch = _pickled_metadata_table(marker)
+    path = tmp_path / "meta.parquet"
+    pq.write_table(pa.Table.from_batches([batch]), path)
+    ds = ArrowDataset.from_parquet(path, cache_dir=tmp_path / "cache")
+    assert len(ds) == 5
+    assert not marker.exists()
