@@ -69,7 +69,16 @@ def _check_numpy(
             f"Rewrite the data once with arr.astype({dt.newbyteorder('=').str!r}), "
             "or pass copy=True to convert on every read.",
         )
-    found = to_torch_dtype(dt)
+    try:
+        found = to_torch_dtype(dt)
+    except TypeError:
+        raise _fail(
+            field,
+            index,
+            "a dtype torch supports",
+            f"dtype {dtype_name(dt)}",
+            "Store the field as one of bool, (u)int8-64, float16/32/64 or complex64/128.",
+        ) from None
     if want is not None and found != want:
         raise _fail(
             field,

@@ -16,6 +16,7 @@ in every worker process. Declared schemas are checked against the columns once, 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -183,7 +184,7 @@ class ZeroCopyDataset(Dataset[Any]):
             raise NotImplementedError(f"{type(self).__name__} must implement __getitem__ or columns()")
         cols = self._zc_columns()
         n = len(self)
-        i = int(index)
+        i = _as_index(index)
         if not -n <= i < n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {n} samples", index=i)
         return {name: col[i] for name, col in cols.items()}
@@ -235,11 +236,28 @@ class BatchRequest(Sequence[Any]):
         """The indices as int64 (negatives resolved, range checked once for the whole batch),
         and ``(start, stop)`` when they are one contiguous ascending run."""
         try:
-            idx = np.asarray(self.indices, dtype=np.int64)
+            raw = np.asarray(self.indices)
         except (TypeError, ValueError, OverflowError):
             raise SampleIndexError(
                 f"indices must be integers, found {type(self.indices).__name__} {list(self.indices)[:4]}..."
             ) from None
+        if raw.size and raw.dtype.kind not in "iu":
+            # Floats would be truncated and bools read as 0/1 (NumPy would read them as a mask):
+            # either way a silently different batch. Python ints beyond int64 arrive as objects.
+            big = raw.dtype.kind == "O" and all(isinstance(i, int) and not isinstance(i, bool) for i in raw.flat)
+            shown = list(self.indices)[:4]
+            raise SampleIndexError(
+                f"indices {shown}... are out of range for a dataset of {len(self.dataset)} samples; check the sampler"
+                if big
+                else f"indices must be integers, found {raw.dtype} {shown}...; check the sampler"
+            )
+        if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
+            raise SampleIndexError(
+                f"index {int(raw.max())} is out of range for a dataset of {len(self.dataset)} samples; "
+                "check the sampler",
+                index=int(raw.max()),
+            )
+        idx = raw.astype(np.int64, copy=False)
         if idx.ndim != 1:
             raise SampleIndexError(f"a batch of indices must be 1-D, found shape {idx.shape}")
         n = len(self.dataset)
@@ -264,6 +282,16 @@ class BatchRequest(Sequence[Any]):
 
     def __repr__(self) -> str:
         return f"BatchRequest({type(self.dataset).__name__}, {len(self)} indices)"
+
+
+def _as_index(index: Any) -> int:
+    """``index`` as an int; floats, bools and strings are refused rather than truncated or parsed."""
+    if isinstance(index, (bool, np.bool_)) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
+        raise SampleIndexError(f"index must be an integer, found {type(index).__name__} {index!r}")
+    try:
+        return operator.index(index)
+    except TypeError:
+        raise SampleIndexError(f"index must be an integer, found {type(index).__name__} {index!r}") from None
 
 
 def contiguous_run(idx: np.ndarray[Any, Any]) -> tuple[int, int] | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from zcopy_data._dtypes import dtype_name
 from zcopy_data._mapping import remap_private
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import CopyRequiredError, SchemaError
@@ -18,19 +20,78 @@ __all__ = ["NumpyDataset"]
 Source = np.ndarray[Any, Any] | str | os.PathLike[str]
 
 
+_MAGIC = b"\x93NUMPY"
+_OTHER_FORMATS = {b"PK\x03\x04": "a .npz (zip) archive; pass each of its arrays as its own .npy file"}
+
+
 def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any]:
-    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error."""
+    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error.
+
+    The magic bytes are checked first, so anything that is not a ``.npy`` file (empty, an
+    ``.npz`` archive, a pickle) is refused before NumPy looks at it.
+    """
+    name = os.fspath(path)
     try:
-        arr: np.ndarray[Any, Any] = np.load(path, mmap_mode="c", allow_pickle=False)
-        return arr
+        with open(name, "rb") as f:
+            _check_header(f, name, field)
     except FileNotFoundError:
-        raise FileNotFoundError(f"field {field!r}: no such file {os.fspath(path)!r}") from None
-    except ValueError as err:
+        raise FileNotFoundError(f"field {field!r}: no such file {name!r}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"field {field!r}: {name!r} is a directory, not a .npy file") from None
+    try:
+        arr: np.ndarray[Any, Any] = np.load(name, mmap_mode="c", allow_pickle=False)
+    except (ValueError, EOFError) as err:
         raise SchemaError(
-            f"field {field!r}: {os.fspath(path)!r} is not a readable .npy file of a numeric array ({err}); "
+            f"field {field!r}: {name!r} is not a readable .npy file of a numeric array ({err}); "
             "write it with np.save(path, array) and a numeric dtype",
             field=field,
         ) from None
+    return arr
+
+
+def _check_header(f: BinaryIO, name: str, field: str) -> None:
+    """Refuse a file that is not a ``.npy``, stores Python objects, or is smaller than its header says.
+
+    Sizes are computed with Python ints, so a header declaring an absurd shape is refused here
+    instead of overflowing inside ``np.memmap``.
+    """
+
+    def refuse(why: str) -> SchemaError:
+        return SchemaError(f"field {field!r}: {name!r} {why}; write it with np.save(path, array)", field=field)
+
+    head = f.read(len(_MAGIC))
+    if head != _MAGIC:
+        what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
+        raise refuse(f"is not a readable .npy file ({what or (f'it starts with {head!r}' if head else 'it is empty')})")
+    version = f.read(2)
+    if len(version) < 2 or (version[0], version[1]) not in ((1, 0), (2, 0), (3, 0)):
+        raise refuse(f"is not a readable .npy file (unknown format version {tuple(version)})")
+    read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+    try:
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError) as err:
+        raise refuse(f"has an unreadable .npy header ({err})") from None
+    if dtype.hasobject:
+        raise refuse("stores Python objects (pickled data), which are never loaded; store a numeric dtype")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    size = os.fstat(f.fileno()).st_size
+    if f.tell() + declared > size:
+        raise refuse(
+            f"is truncated: its header declares shape {tuple(shape)} of {dtype.str} = {declared} bytes "
+            f"after a {f.tell()}-byte header, the file has {size} bytes"
+        )
+
+
+def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
+    """Refuse a non-native column up front: ``copy=True`` cannot help it, so do not suggest it."""
+    if arr.dtype.isnative:
+        return
+    native = repr(arr.dtype.newbyteorder("=").str)
+    raise CopyRequiredError(
+        f"field {name!r}: {what} {dtype_name(arr.dtype)}; torch has no non-native byte order, so every "
+        f"read would need a byte swap. Convert it once: {fix.format(native)}",
+        field=name,
+    )
 
 
 class NumpyDataset(ZeroCopyDataset):
@@ -70,13 +131,16 @@ class NumpyDataset(ZeroCopyDataset):
         if isinstance(src, (str, os.PathLike)):
             # A plain ndarray view of the np.memmap: same pages, without np.memmap's
             # per-slice Python hook (it costs more than the slice itself).
-            return load_npy(src, field=name).view(np.ndarray)
+            arr = load_npy(src, field=name).view(np.ndarray)
+            _check_byte_order(name, arr, f"{os.fspath(src)!r} stores", "np.save(path, np.load(path).astype({}))")
+            return arr
         if not isinstance(src, np.ndarray):
             raise SchemaError(
                 f"field {name!r}: expected an np.ndarray or a .npy path, found {type(src).__name__}; "
                 "convert once with np.asarray(...)",
                 field=name,
             )
+        _check_byte_order(name, src, "the array is", "pass arr.astype({}) (one copy, once)")
         if src.dtype.kind == "O":
             raise SchemaError(f"field {name!r}: object arrays cannot be zero-copy; store a numeric dtype", field=name)
         if not src.flags.writeable:

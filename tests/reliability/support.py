@@ -1,0 +1,93 @@
+"""Helpers for the adversarial suite: isolated child processes, epochs, shared-memory accounting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import get_worker_info
+
+from zcopy_data import NumpyDataset
+
+ROOT = Path(__file__).resolve().parents[2]
+SHM = Path("/dev/shm")
+
+
+def run_isolated(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, so a crash (SIGSEGV, SIGBUS) cannot take pytest down."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def torch_segments(pids: list[int]) -> list[str]:
+    """Shared-memory segments in ``/dev/shm`` created by these processes (torch names them by pid).
+
+    Filtering by pid keeps the check exact while other test runs share the machine.
+    """
+    if not SHM.is_dir():
+        return []
+    prefixes = tuple(f"torch_{pid}_" for pid in pids)
+    return sorted(name for name in os.listdir(SHM) if name.startswith(prefixes))
+
+
+def consume(loader: Iterable[Any]) -> list[Any]:
+    """Every batch of one epoch; the workers are shut down even when a batch raises.
+
+    A failed epoch's iterator otherwise stays alive through the exception's traceback, and the
+    next loader's forked workers inherit it: PyTorch then stalls up to 2 x 5 s in worker joins
+    (seen with ``default_collate`` too). Shutting down explicitly keeps each test independent.
+    """
+    it = iter(loader)
+    try:
+        return list(it)
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
+
+
+class ExitingDataset(NumpyDataset):
+    """A ``NumpyDataset`` whose worker process dies on the batch holding ``fatal``.
+
+    ``code >= 0`` exits with ``os._exit(code)``; ``code < 0`` kills the worker with signal ``-code``.
+
+    Lives in an importable module so that spawned workers can unpickle it.
+    """
+
+    def __init__(self, columns: dict[str, Any], fatal: int, code: int = 7) -> None:
+        super().__init__(columns)
+        self.fatal, self.code = fatal, code
+
+    def __getitems__(self, indices: Any) -> Any:
+        if get_worker_info() is not None and self.fatal in list(indices):
+            if self.code < 0:  # die by this signal (a native crash, the OOM killer)
+                os.kill(os.getpid(), -self.code)
+                time.sleep(10)
+            os._exit(self.code)
+        return super().__getitems__(indices)
+
+
+class SleepingDataset(NumpyDataset):
+    """A ``NumpyDataset`` whose workers hang on the batch holding ``stuck`` (a deadlock stand-in)."""
+
+    def __init__(self, columns: dict[str, Any], stuck: int, seconds: float = 60) -> None:
+        super().__init__(columns)
+        self.stuck, self.seconds = stuck, seconds
+
+    def __getitems__(self, indices: Any) -> Any:
+        if get_worker_info() is not None and self.stuck in list(indices):
+            time.sleep(self.seconds)
+        return super().__getitems__(indices)
