@@ -204,11 +204,6 @@ def _footer_layout(raw: bytes) -> int:
     return len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="datasets/_decode_cache.py wraps only ParquetFile() in CorruptFileError: a column name that is not "
-    "UTF-8 escapes from_parquet as UnicodeDecodeError (pyarrow's ParquetReader.column_paths)",
-)
 def test_a_non_utf8_column_name_in_a_parquet_footer_is_a_corrupt_file_error(parquet: Path, tmp_path: Path) -> None:
     raw = bytearray(parquet.read_bytes())
     pos = raw.index(b"\x18\x01x", _footer_layout(raw)) + 2  # the schema element's name "x"
@@ -248,11 +243,6 @@ def test_a_parquet_footer_that_breaks_pyarrow_is_an_error_not_an_abort(parquet: 
 
 
 @pytest.mark.parametrize("index", [1.5, True])
-@pytest.mark.xfail(
-    strict=True,
-    reason="ArrowDataset.__getitem__ uses int(index): 1.5 silently reads sample 1 and True reads sample 1 "
-    "(datasets/base.py refuses them with SampleIndexError since the core fix)",
-)
 def test_arrow_getitem_refuses_non_integer_indices(ipc: Path, index: Any) -> None:
     from zcopy_data import SampleIndexError
 

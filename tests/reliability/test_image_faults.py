@@ -162,12 +162,6 @@ def test_symlinks_out_of_the_root_are_followed_only_when_asked(folder: Path, lin
     assert ds.excluded == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="datasets/_image_files.py follows a folder link inside the root that points back at the root: "
-    "os.walk then lists another class's files again under this class (5 cat images served a second time, "
-    "labelled dog); a link to the root or an ancestor should be left out and listed like an escape",
-)
 def test_a_link_back_to_the_root_does_not_duplicate_or_relabel_images(folder: Path) -> None:
     (folder / "dog" / "loop").symlink_to(folder, target_is_directory=True)
     ds = ImageFolderDataset(folder, size=(8, 8))
@@ -176,11 +170,6 @@ def test_a_link_back_to_the_root_does_not_duplicate_or_relabel_images(folder: Pa
 
 
 @pytest.mark.parametrize("index", [1.5, True])
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageFolderDataset.__getitem__ uses int(index): 1.5 silently reads sample 1 and True reads sample 1 "
-    "(datasets/base.py refuses them with SampleIndexError since the core fix)",
-)
 def test_image_getitem_refuses_non_integer_indices(folder: Path, index: Any) -> None:
     with pytest.raises(SampleIndexError):
         ImageFolderDataset(folder, size=(8, 8))[index]

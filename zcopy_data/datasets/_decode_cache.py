@@ -77,12 +77,14 @@ def check_parquet_footer(source: str, pf: Any) -> None:
 def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
     import pyarrow.parquet as pq
 
-    try:
+    try:  # untrusted metadata: any failure to read it, names included, is a corrupt file
         pf = pq.ParquetFile(source)
-    except (pa.ArrowInvalid, OSError) as err:
+        check_parquet_footer(source, pf)
+        schema = pf.schema_arrow
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as err:
+        if isinstance(err, CorruptFileError):
+            raise
         raise CorruptFileError(f"{source!r}: not a readable Parquet file ({err}); write it again") from None
-    check_parquet_footer(source, pf)
-    schema = pf.schema_arrow
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
         if missing:

@@ -50,9 +50,16 @@ def scan_folder(
     excluded: list[tuple[str, str]] = []
 
     def allowed(path: str) -> bool:
-        if follow_symlinks or not os.path.islink(path) or _inside(path, real_root):
+        if not os.path.islink(path):
             return True
-        excluded.append((path, f"symbolic link to {os.path.realpath(path)!r}, outside the root"))
+        target = os.path.realpath(path)
+        if os.path.isdir(path) and (target == real_root or real_root.startswith(target + os.sep)):
+            # a folder link back to the root (or above it) would serve other classes' files again
+            excluded.append((path, f"symbolic link to {target!r}, the root or one of its ancestors"))
+            return False
+        if follow_symlinks or _inside(path, real_root):
+            return True
+        excluded.append((path, f"symbolic link to {target!r}, outside the root"))
         return False
 
     with os.scandir(root) as it:

@@ -26,7 +26,7 @@ from zcopy_data.collate.buffers import allocate, nbytes
 from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
-from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, UnsupportedColumnError
 from zcopy_data.ledger import record
 from zcopy_data.schema import Field, Schema
@@ -320,7 +320,7 @@ class ArrowDataset(ZeroCopyDataset):
         return c, i - int(self._starts[c])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = int(index)
+        i = as_index(index)
         if not -self._n <= i < self._n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {self._n} samples", index=i)
         i %= self._n

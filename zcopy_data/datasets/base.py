@@ -184,7 +184,7 @@ class ZeroCopyDataset(Dataset[Any]):
             raise NotImplementedError(f"{type(self).__name__} must implement __getitem__ or columns()")
         cols = self._zc_columns()
         n = len(self)
-        i = _as_index(index)
+        i = as_index(index)
         if not -n <= i < n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {n} samples", index=i)
         return {name: col[i] for name, col in cols.items()}
@@ -284,7 +284,7 @@ class BatchRequest(Sequence[Any]):
         return f"BatchRequest({type(self.dataset).__name__}, {len(self)} indices)"
 
 
-def _as_index(index: Any) -> int:
+def as_index(index: Any) -> int:
     """``index`` as an int; floats, bools and strings are refused rather than truncated or parsed."""
     if isinstance(index, (bool, np.bool_)) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
         raise SampleIndexError(f"index must be an integer, found {type(index).__name__} {index!r}")

@@ -21,7 +21,7 @@ from PIL import Image
 from zcopy_data.collate.buffers import allocate, nbytes
 from zcopy_data.datasets._image_decode import decode_into
 from zcopy_data.datasets._image_files import IMG_EXTENSIONS, scan_folder
-from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, SkippedFileWarning
 from zcopy_data.ledger import record
 from zcopy_data.schema import Field, Schema
@@ -154,7 +154,7 @@ class ImageFolderDataset(ZeroCopyDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n = len(self.files)
-        i = int(index)
+        i = as_index(index)
         if not -n <= i < n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {n} samples", index=i)
         image = torch.empty(self._shape, dtype=torch.uint8)
