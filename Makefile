@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean gpu-check examples
+.PHONY: demo test lint bench clean gpu-check examples soak
 
 $(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV) bench
@@ -32,3 +32,6 @@ examples: $(VENV)/.dev  ## run every example on generated data
 	for f in examples/numpy_dataloader.py examples/arrow_file.py examples/image_folder.py examples/lightning_fit.py; do \
 		$(PY) $$f || exit 1; done
 	$(PY) examples/lightning_ddp.py --devices 2
+
+soak:  ## minutes-long soak run: hundreds of epochs with workers, memory and integrity trends (not in CI)
+	PYTHONPATH=. $(PY) scripts/soak.py --epochs 300 --report-every 25 --block-every 3
