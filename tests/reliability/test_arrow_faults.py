@@ -224,12 +224,6 @@ except CorruptFileError as err:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyarrow 26 aborts the process (uncaught parquet::ParquetException 'Repetition level histogram size "
-    "mismatch', SIGABRT) when check_parquet_footer in datasets/_decode_cache.py reads this footer's column-chunk "
-    "metadata; untrusted Parquet needs its footer check and decode in a child process",
-)
 def test_a_parquet_footer_that_breaks_pyarrow_is_an_error_not_an_abort(parquet: Path, tmp_path: Path) -> None:
     raw = bytearray(parquet.read_bytes())
     if (len(raw), _footer_layout(raw)) != (4348, 3068):

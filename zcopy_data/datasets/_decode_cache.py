@@ -14,6 +14,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,9 +77,44 @@ def check_parquet_footer(source: str, pf: Any) -> None:
         raise CorruptFileError(f"{source!r}: row groups hold {rows} rows but the footer says {meta.num_rows}")
 
 
+# Reads every piece of footer metadata the in-process check reads. Some corrupt footers make
+# pyarrow abort the whole process (an uncaught C++ exception), so this runs first in a child.
+_FOOTER_PROBE = """
+import sys
+import pyarrow.parquet as pq
+try:
+    pf = pq.ParquetFile(sys.argv[1])
+    meta = pf.metadata
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            (col.dictionary_page_offset, col.data_page_offset, col.total_compressed_size, col.path_in_schema)
+    pf.schema_arrow
+except Exception:
+    pass  # ordinary errors are reported, with their message, by the in-process check
+"""
+
+
+def probe_parquet_footer(source: str) -> None:
+    """Raise ``CorruptFileError`` when reading the footer's metadata crashes pyarrow (in a child)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _FOOTER_PROBE, source], capture_output=True, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise CorruptFileError(f"{source!r}: reading the Parquet footer did not finish in 120 s") from None
+    if proc.returncode != 0:
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        raise CorruptFileError(
+            f"{source!r}: pyarrow crashed ({how}) reading the Parquet footer; the file is corrupt, write it again"
+        )
+
+
 def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
     import pyarrow.parquet as pq
 
+    probe_parquet_footer(source)
     try:  # untrusted metadata: any failure to read it, names included, is a corrupt file
         pf = pq.ParquetFile(source)
         check_parquet_footer(source, pf)
