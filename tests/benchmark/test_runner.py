@@ -36,8 +36,14 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_record_matches_schema(result: dict[str, Any]) -> None:
-    validate_result(result)
-    validate_result(json.loads(json.dumps(result)))  # JSON-ready: no tuples, paths or numpy scalars
+    validate_result(result)  # raises ValueError naming the first bad key
+    again = json.loads(json.dumps(result))  # JSON-ready: no tuples, paths or numpy scalars
+    validate_result(again)
+    assert again == result
+    broken = copy.deepcopy(result)
+    del broken["rows"][0]["samples_per_s"]
+    with pytest.raises(ValueError, match="samples_per_s"):
+        validate_result(broken)
 
 
 def test_every_installed_contender_has_every_cell(result: dict[str, Any]) -> None:

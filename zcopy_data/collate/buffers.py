@@ -20,6 +20,7 @@ from collections import OrderedDict
 import torch
 from torch.utils.data import get_worker_info
 
+from zcopy_data._storage import use_count
 from zcopy_data.collate.shared import allocate_shared
 
 __all__ = ["allocate", "allocate_host", "nbytes"]
@@ -39,11 +40,6 @@ _lock = threading.Lock()
 _pool: OrderedDict[tuple[tuple[int, ...], torch.dtype], list[tuple[torch.Tensor, int]]] = OrderedDict()
 
 
-def _use_count(t: torch.Tensor) -> int:
-    """References to ``t``'s storage: one per tensor (view) or array over it, plus ours."""
-    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
-
-
 def reused_host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A plain host buffer, reused only once nothing but the pool references its storage.
 
@@ -60,12 +56,12 @@ def reused_host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tens
         else:
             _pool.move_to_end(key)
         for buf, baseline in bufs:
-            if _use_count(buf) == baseline:
+            if use_count(buf) == baseline:
                 return buf.view(buf.shape)
         buf = torch.empty(key[0], dtype=dtype)
         if len(bufs) >= MAX_PER_SHAPE:
             return buf
-        bufs.append((buf, _use_count(buf)))
+        bufs.append((buf, use_count(buf)))
         return buf.view(buf.shape)
 
 

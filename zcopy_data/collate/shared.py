@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
+from zcopy_data._storage import use_count
 from zcopy_data.errors import SharedMemoryExhaustedError
 
 __all__ = [
@@ -109,10 +110,6 @@ def tensor_over(
     return torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape, stride[::-1])
 
 
-def _use_count(storage: torch.UntypedStorage) -> int:
-    return int(torch._C._storage_Use_Count(storage._cdata))
-
-
 def _shm_free() -> tuple[int, int] | None:
     """``(free, total)`` bytes of ``/dev/shm``, or ``None`` where there is none."""
     try:
@@ -138,7 +135,7 @@ class Slot:
 
     def is_free(self) -> bool:
         # worker side first: a tensor still alive here may yet be handed off
-        if _use_count(self.storage) != self.baseline:
+        if use_count(self.storage) != self.baseline:
             return False
         return bool(self.header[SENT] == self.header[RELEASED])
 
@@ -245,7 +242,7 @@ class WorkerBufferPool:
         tensor_over(storage, 0, (size,), torch.uint8).zero_()  # fault every page in once
         header = tensor_over(storage, 0, (HEADER_BYTES // 8,), torch.int64).numpy()
         slot = Slot(self._next, storage, capacity, header)
-        slot.baseline = _use_count(storage)
+        slot.baseline = use_count(storage)
         self._next += 1
         self.slots[slot.index] = slot
         self.by_ptr[slot.data_ptr] = slot

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from zcopy_data._dtypes import dtype_name
+from zcopy_data._storage import use_count
 from zcopy_data.errors import PoolExhaustedError, SchemaError
 from zcopy_data.schema import Schema
 from zcopy_data.transfer._streams import accelerator, check_main_process, reap
@@ -51,11 +52,6 @@ Spec = tuple[tuple[int, ...], torch.dtype]
 
 def _align(n: int, to: int) -> int:
     return (n + to - 1) // to * to
-
-
-def _use_count(t: torch.Tensor) -> int:
-    """References to ``t``'s storage (tensors and views, NumPy arrays over it, the pool's own)."""
-    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
 
 
 # -- page-locked blocks ------------------------------------------------------------------------
@@ -136,7 +132,7 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
         self.pool = pool
         self.index = index
         self._tensors = tensors
-        self._baseline = {name: _use_count(t) for name, t in tensors.items()}
+        self._baseline = {name: use_count(t) for name, t in tensors.items()}
         self._leased = False
         self._event: torch.Event | None = None
 
@@ -160,7 +156,7 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
 
     def referenced(self) -> bool:
         """True while a tensor, view or array other than the pool's own references a buffer."""
-        return any(_use_count(t) > self._baseline[n] for n, t in self._tensors.items())
+        return any(use_count(t) > self._baseline[n] for n, t in self._tensors.items())
 
     def copying(self) -> bool:
         """True while the copy recorded by :meth:`release` has not completed."""
@@ -374,13 +370,13 @@ def _exact_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | 
     with _cache_lock:
         bufs = _cache.setdefault((shape, dtype), [])
         for buf in bufs:
-            if _use_count(buf) == _baselines[id(buf)]:
+            if use_count(buf) == _baselines[id(buf)]:
                 return buf.view(buf.shape)  # a new view, so the batch holding it counts as a reference
         if len(bufs) >= MAX_PER_SHAPE:
             return None
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         buf = _HostBlock(nbytes, pin=True).carve(0, shape, dtype)
-        _baselines[id(buf)] = _use_count(buf)
+        _baselines[id(buf)] = use_count(buf)
         bufs.append(buf)
         return buf.view(buf.shape)
 
