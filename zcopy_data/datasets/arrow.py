@@ -204,17 +204,7 @@ class ArrowDataset(ZeroCopyDataset):
         are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
         or off) and is counted once in the ledger (stage ``decode``).
         """
-        cache, reused = decoded_cache(
-            path,
-            kind="parquet",
-            cache_dir=cache_dir,
-            columns=columns,
-            progress=progress,
-            check=partial(_check_types, strings=strings),
-        )
-        ds = cls(cache, columns, copy=copy, strings=strings)
-        ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a Parquet file"
-        return ds
+        return cls._from_cache(path, "parquet", columns, cache_dir, copy, progress, strings)
 
     @classmethod
     def from_compressed(
@@ -228,16 +218,31 @@ class ArrowDataset(ZeroCopyDataset):
         strings: str = "error",
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
+        return cls._from_cache(path, "ipc", columns, cache_dir, copy, progress, strings)
+
+    @classmethod
+    def _from_cache(
+        cls,
+        path: str | os.PathLike[str],
+        kind: str,
+        columns: Sequence[str] | None,
+        cache_dir: str | os.PathLike[str] | None,
+        copy: bool,
+        progress: bool | None,
+        strings: str,
+    ) -> ArrowDataset:
+        """Decode ``path`` once into an IPC cache (``kind`` "parquet" or "ipc") and serve it zero-copy."""
         cache, reused = decoded_cache(
             path,
-            kind="ipc",
+            kind=kind,
             cache_dir=cache_dir,
             columns=columns,
             progress=progress,
             check=partial(_check_types, strings=strings),
         )
         ds = cls(cache, columns, copy=copy, strings=strings)
-        ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, "IPC cache of a compressed file"
+        what = "a Parquet file" if kind == "parquet" else "a compressed file"
+        ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, f"IPC cache of {what}"
         return ds
 
     # -- opening ----------------------------------------------------------------------------
