@@ -10,7 +10,8 @@
 # timeouts) is tried only for what is missing (numpy, pytest).
 # Environment knobs: PYTHON; BENCH_ARGS (extra transfer_bench.py arguments, e.g.
 # "--samples 20000"); GPU_CHECK_DEVICE (default cuda; "cpu" dry-runs the plumbing);
-# GPU_CHECK_NO_INSTALL=1 (use the environment as it is).
+# GPU_CHECK_NO_INSTALL=1 (use the environment as it is); GPU_CHECK_SUITE_S (seconds for the rest of
+# the test suite with a CUDA build of torch, where pinning and streams are real; default 180, 0 skips).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -86,17 +87,36 @@ BENCH_RC=$?
 BENCH_S=$((SECONDS - T0))
 say "transfer_bench: exit $BENCH_RC in ${BENCH_S}s"
 
-# 4. one report -----------------------------------------------------------------------------------
-"$PY" - "$OUT_DIR" "$PYTEST_RC" "$PYTEST_S" "$BENCH_RC" "$BENCH_S" <<'EOF'
+# 4. the rest of the suite, on a CUDA build of torch --------------------------------------------
+SUITE_S="${GPU_CHECK_SUITE_S:-180}"
+SUITE_RC=-1
+if [ "$SUITE_S" -gt 0 ]; then
+  T0=$SECONDS
+  timeout -s INT -k 30 "$SUITE_S" "$PY" -m pytest -m "not cuda" -q -rfE -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
+    --junitxml="$OUT_DIR/pytest_all.xml" tests >"$OUT_DIR/pytest_all.log" 2>&1
+  SUITE_RC=$?
+  say "pytest -m 'not cuda': exit $SUITE_RC in $((SECONDS - T0))s ($(tail -n 1 "$OUT_DIR/pytest_all.log" 2>/dev/null))"
+fi
+
+# 5. one report -----------------------------------------------------------------------------------
+"$PY" - "$OUT_DIR" "$PYTEST_RC" "$PYTEST_S" "$BENCH_RC" "$BENCH_S" "$SUITE_RC" <<'EOF'
 import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-out, pytest_rc, pytest_s, bench_rc, bench_s = Path(sys.argv[1]), *map(int, sys.argv[2:])
-report = {"pytest_cuda": {"exit": pytest_rc, "seconds": pytest_s}, "bench": {"exit": bench_rc, "seconds": bench_s}}
-xml = out / "pytest_cuda.xml"
-if xml.exists():
+out, pytest_rc, pytest_s, bench_rc, bench_s, suite_rc = Path(sys.argv[1]), *map(int, sys.argv[2:])
+report = {
+    "pytest_cuda": {"exit": pytest_rc, "seconds": pytest_s},
+    "bench": {"exit": bench_rc, "seconds": bench_s},
+    "pytest_rest": {"exit": suite_rc},  # -1: not run; 124: out of time (pytest is interrupted, so its counts are partial)
+}
+
+
+def junit(name):
+    xml = out / name
+    if not xml.exists():
+        return {}
     suite = ET.parse(xml).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
@@ -106,7 +126,11 @@ if xml.exists():
         for case in suite.iter("testcase")
         if case.find("failure") is not None or case.find("error") is not None
     ]
-    report["pytest_cuda"].update(counts)
+    return counts
+
+
+report["pytest_cuda"].update(junit("pytest_cuda.xml"))
+report["pytest_rest"].update(junit("pytest_all.xml"))
 smi = out / "nvidia_smi.csv"
 if smi.exists():
     report["nvidia_smi"] = smi.read_text().strip().splitlines()
