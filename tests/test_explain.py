@@ -28,7 +28,7 @@ def test_sequential_copies_nothing(npy_files):
 def test_shuffled_copies_exactly_the_batches(npy_files):
     report = explain(_loader(npy_files, shuffle=True), batches=3)
     assert report.bytes_copied == 3 * BATCH * SAMPLE_BYTES
-    assert {r.reason for r in report.rows} == {"gather: indices not contiguous"}
+    assert {r.reason for r in report.rows if r.stage != "pin"} == {"gather: indices not contiguous"}
     assert "gather: indices not contiguous" in str(report)
 
 

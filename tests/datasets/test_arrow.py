@@ -155,7 +155,7 @@ def test_shuffled_batches_are_one_gather_per_field(chunked, data):
     loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=zero_copy_collate)
     ledger = explain(loader, batches=2)
     assert ledger.bytes_copied == 2 * 16 * (60 + 8)
-    assert {r.reason for r in ledger.rows} == {"gather: indices not contiguous (IPC file)"}
+    assert {r.reason for r in ledger.rows if r.stage != "pin"} == {"gather: indices not contiguous (IPC file)"}
     seen = torch.cat([b["label"] for b in loader])
     assert sorted(seen.tolist()) == list(range(N))
     for b in loader:

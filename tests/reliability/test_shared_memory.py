@@ -81,7 +81,8 @@ def test_a_too_small_dev_shm_is_a_clear_error_not_a_bus_error(collate: str) -> N
         assert "/dev/shm has only" in report["error"], report
         assert "enlarge it" in report["error"], report
     else:  # the default path: PyTorch's own clear error (it reserves the pages with posix_fallocate)
-        assert "No space left on device" in report["error"], report
+        # its errno varies with the kernel: ENOSPC here, EAGAIN under some sandboxes
+        assert "unable to allocate shared memory" in report["error"], report
 
 
 def _digest(batch: dict[str, torch.Tensor]) -> str:
