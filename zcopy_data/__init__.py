@@ -28,6 +28,7 @@ from zcopy_data.errors import (
 )
 from zcopy_data.explain import explain
 from zcopy_data.ledger import LEDGER, CopyLedger
+from zcopy_data.loader import ZeroCopyDataLoader
 from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
@@ -61,6 +62,7 @@ __all__ = [
     "SharedMemoryExhaustedError",
     "SkippedFileWarning",
     "UnsupportedColumnError",
+    "ZeroCopyDataLoader",
     "ZeroCopyDataset",
     "ZeroCopyError",
     "__version__",

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from zcopy_data.collate.buffers import nbytes
 from zcopy_data.collate.crossing import crossing_of
 from zcopy_data.ledger import CopyLedger, Record, capture, record
+from zcopy_data.loader import ZeroCopyDataLoader
 
 __all__ = ["explain"]
 
@@ -88,6 +89,12 @@ def _record_crossing(batch: Any) -> None:
             )
 
 
+def _record_threads(batch: Any) -> None:
+    """Batches of a gather thread are already in this process: nothing crosses."""
+    for name, t in _tensors(batch):
+        record(CROSS, name, "none: assembled by a worker thread in this process", viewed=nbytes(t))
+
+
 def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
     """Whether the pin stage was free (gathered into pinned memory), a copy, or skipped."""
     from zcopy_data.transfer.pinned import is_pinned_gather  # lazy: transfer imports the collate package
@@ -139,7 +146,14 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
         kwargs["batch_sampler"] = _Take(loader.batch_sampler, batches)
     else:
         kwargs.update(sampler=_Take(loader.sampler, batches), batch_size=None)
-    probe = DataLoader(loader.dataset, **kwargs)
+    threads = False
+    if isinstance(loader, ZeroCopyDataLoader):
+        threads = loader.uses_threads
+        # the recording collate is not zero_copy_collate itself: keep the worker kind explicitly
+        kwargs["worker_mode"] = "threads" if threads else ("processes" if loader.num_workers else "auto")
+        probe: DataLoader[Any] = ZeroCopyDataLoader(loader.dataset, **kwargs)
+    else:
+        probe = DataLoader(loader.dataset, **kwargs)
 
     ledger = CopyLedger()
     it = iter(probe)
@@ -147,6 +161,8 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
         for item in itertools.islice(it, batches):
             ledger.extend(item.records)
             with capture() as main_records:
+                if threads:
+                    _record_threads(item.batch)
                 _record_pin(item.batch, loader)
             ledger.extend(main_records)
             ledger.batches += 1

@@ -19,6 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from zcopy_data.benchmark.data import DataSource
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.datasets import NumpyDataset
+from zcopy_data.loader import ZeroCopyDataLoader
 
 __all__ = [
     "CONTENDERS",
@@ -79,12 +80,13 @@ def _default(src: DataSource, batches: Iterable[list[int]], workers: int, cache:
 
 def _zcopy(src: DataSource, batches: Iterable[list[int]], workers: int, cache: Path) -> Iterable[Any]:  # noqa: ARG001
     ds = NumpyDataset({k: str(p) for k, p in src.paths.items()})
-    return DataLoader(
-        ds,
-        batch_sampler=batches,
-        collate_fn=zero_copy_collate,
-        **_loader_kw(workers),
-    )
+    # workers: gather threads (ZeroCopyDataLoader's "auto" for columnar datasets)
+    return ZeroCopyDataLoader(ds, batch_sampler=batches, **_loader_kw(workers))
+
+
+def _zcopy_processes(src: DataSource, batches: Iterable[list[int]], workers: int, cache: Path) -> Iterable[Any]:  # noqa: ARG001
+    ds = NumpyDataset({k: str(p) for k, p in src.paths.items()})
+    return DataLoader(ds, batch_sampler=batches, collate_fn=zero_copy_collate, **_loader_kw(workers))
 
 
 Copies = tuple[float | None, str]
@@ -103,6 +105,7 @@ class Contender:
         requires: the module it needs; the contender is skipped when it does not import.
         pip: what to install to enable it.
         prepare: one-off conversion of the source into the contender's own format (cached).
+        min_workers: the contender is measured only at this many workers or more.
     """
 
     name: str
@@ -112,6 +115,7 @@ class Contender:
     requires: str | None = None
     pip: str | None = None
     prepare: Callable[[DataSource, Path], None] | None = None
+    min_workers: int = 0
 
 
 def _default_copies(order: str, workers: int) -> Copies:  # noqa: ARG001
@@ -152,7 +156,14 @@ CONTENDERS: dict[str, Contender] = {
     c.name: c
     for c in [
         Contender("default", "default DataLoader (per-sample __getitem__, default_collate)", _default, _default_copies),
-        Contender("zcopy", "zcopy_data (NumpyDataset, zero_copy_collate)", _zcopy, None),
+        Contender("zcopy", "zcopy_data (NumpyDataset, ZeroCopyDataLoader: workers are gather threads)", _zcopy, None),
+        Contender(
+            "zcopy-proc",
+            "zcopy_data in worker processes (NumpyDataset, DataLoader + zero_copy_collate)",
+            _zcopy_processes,
+            None,
+            min_workers=1,
+        ),
         *_peer_contenders(),
     ]
 }

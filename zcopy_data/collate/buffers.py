@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import get_worker_info
@@ -23,7 +24,7 @@ from torch.utils.data import get_worker_info
 from zcopy_data._storage import use_count
 from zcopy_data.collate.shared import allocate_shared
 
-__all__ = ["allocate", "allocate_host", "nbytes"]
+__all__ = ["Allocate", "allocate", "allocate_host", "allocator", "nbytes"]
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -77,6 +78,16 @@ def allocate(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | 
     """An uninitialised output buffer of ``shape`` and ``dtype`` for one batch."""
     if device is not None and device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
+    return allocator()(shape, dtype)
+
+
+Allocate = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def allocator() -> Allocate:
+    """:func:`allocate` for host buffers, with where the batch is going decided once (per batch)."""
     if get_worker_info() is not None:
-        return allocate_shared(shape, dtype)
-    return allocate_host(shape, dtype)
+        return allocate_shared
+    from zcopy_data.transfer.pinned import pins_gathers  # lazy: transfer imports the collate package
+
+    return allocate_host if pins_gathers() else reused_host_buffer

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 
 from zcopy_data._dtypes import dtype_name
-from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data.collate.buffers import allocate, allocator, nbytes
 from zcopy_data.collate.crossing import install as install_crossing
 from zcopy_data.collate.descriptors import register_file_array
 from zcopy_data.datasets.base import BatchRequest, SampleBatch
@@ -83,8 +83,9 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     reason = "gather: copy=True" if ds.copy and contiguous else "gather: indices not contiguous"
     tensors = ds._zc_tensors()
     index = torch.from_numpy(idx)
+    alloc = allocator()
     for name, src in tensors.items():
-        buf = allocate((idx.size, *src.shape[1:]), src.dtype)
+        buf = alloc((idx.size, *src.shape[1:]), src.dtype)
         bits = _SAME_BITS.get(src.dtype)
         if bits is None:
             torch.index_select(src, 0, index, out=buf)

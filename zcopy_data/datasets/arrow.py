@@ -320,6 +320,18 @@ class ArrowDataset(ZeroCopyDataset):
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def threads_suffice(self) -> bool:
+        """Views and ``index_select`` over the mapping release the GIL; string columns as lists do not."""
+        return not self._text
+
+    def batch_is_view(self, run: tuple[int, int] | None) -> bool:
+        """A contiguous run inside one record batch, with no string column, is a view."""
+        if run is None or self.copy or self._text or run[0] >= run[1]:
+            return False
+        c, _ = self._locate(run[0])
+        return run[1] <= int(self._starts[c + 1])
+
     def _locate(self, i: int) -> tuple[int, int]:
         c = int(np.searchsorted(self._starts, i, side="right")) - 1
         return c, i - int(self._starts[c])

@@ -78,6 +78,20 @@ class ZeroCopyDataset(Dataset[Any]):
         """True when the subclass overrides ``gather_batch()``."""
         return type(self).gather_batch is not ZeroCopyDataset.gather_batch
 
+    @property
+    def threads_suffice(self) -> bool:
+        """True when a batch is assembled by kernels that release the GIL (views, ``index_select``).
+
+        :class:`~zcopy_data.ZeroCopyDataLoader` then runs its workers as threads in this
+        process: as parallel as processes for such work, with nothing to send between processes.
+        True for columnar datasets; a ``gather_batch`` subclass says so by overriding this.
+        """
+        return self.is_columnar and not self.gathers_batches
+
+    def batch_is_view(self, run: tuple[int, int] | None) -> bool:
+        """Whether a batch of the contiguous run ``(start, stop)`` is a view, built without a copy."""
+        return run is not None and self.is_columnar and not self.gathers_batches and not self.copy
+
     # -- schema --------------------------------------------------------------------------
     def _zc_schema_or_none(self) -> Schema | None:
         if "_zc_schema" in self.__dict__:
@@ -220,11 +234,12 @@ class BatchRequest(Sequence[Any]):
     sequence of samples, so ``default_collate`` accepts it too (at per-sample cost).
     """
 
-    __slots__ = ("dataset", "indices")
+    __slots__ = ("_resolved", "dataset", "indices")
 
     def __init__(self, dataset: ZeroCopyDataset, indices: Sequence[int]) -> None:
         self.dataset = dataset
         self.indices = indices
+        self._resolved: tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -235,8 +250,20 @@ class BatchRequest(Sequence[Any]):
     def resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
         """The indices as int64 (negatives resolved, range checked once for the whole batch),
         and ``(start, stop)`` when they are one contiguous ascending run."""
+        if self._resolved is None:
+            self._resolved = self._resolve()
+        return self._resolved
+
+    def is_view(self) -> bool:
+        """Whether this batch will be a view of the source (no copy)."""
+        return self.dataset.batch_is_view(self.resolve()[1])
+
+    def _resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
+        given: Any = self.indices
+        if type(given) is np.ndarray and given.dtype == np.int64 and given.ndim == 1:
+            return self._check(given)  # index batches of ZeroCopyDataLoader's samplers
         try:
-            raw = np.asarray(self.indices)
+            raw = np.asarray(given)
         except (TypeError, ValueError, OverflowError):
             raise SampleIndexError(
                 f"indices must be integers, found {type(self.indices).__name__} {list(self.indices)[:4]}..."
@@ -260,6 +287,11 @@ class BatchRequest(Sequence[Any]):
         idx = raw.astype(np.int64, copy=False)
         if idx.ndim != 1:
             raise SampleIndexError(f"a batch of indices must be 1-D, found shape {idx.shape}")
+        return self._check(idx)
+
+    def _check(
+        self, idx: np.ndarray[Any, np.dtype[np.int64]]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
         n = len(self.dataset)
         k = idx.size
         if k == 0:

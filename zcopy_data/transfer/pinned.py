@@ -345,6 +345,11 @@ def exact_gathers() -> Iterator[None]:
         _local.exact = prev
 
 
+def pins_gathers() -> bool:
+    """Whether main-process gathers go to pinned memory (an accelerator, and not turned off)."""
+    return _gather_pinning and get_worker_info() is None and accelerator() is not None
+
+
 def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
     """A pinned output buffer for one batch field gathered in the main process, or ``None``.
 

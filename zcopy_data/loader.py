@@ -1,0 +1,268 @@
+"""``ZeroCopyDataLoader``: a ``DataLoader`` whose workers cost nothing but the gather.
+
+A columnar zero-copy dataset assembles a batch with one view or one ``index_select`` per field:
+kernels that release the GIL. Worker *processes* add nothing to that work but inter-process
+traffic -- an index message out, a handle or descriptor back, each a wake-up of another process
+-- which on a small machine costs more than the gather it parallelises. So for such datasets
+``num_workers=N`` runs ``N`` gather threads in this process instead (``worker_mode="auto"``):
+
+* batches that are views (contiguous indices) are built right away, in order, with no hand-off
+  at all, so workers are never slower than no workers;
+* gathered batches are assembled by the threads, ``num_workers * prefetch_factor`` batches ahead,
+  into reused buffers (pinned when an accelerator is present), and handed over in sampler order;
+* ``timeout``, ``persistent_workers``, ``pin_memory`` and ``prefetch_factor`` mean what they mean
+  for ``DataLoader``; an error raised while assembling a batch is raised here, unchanged.
+
+Anything else -- per-sample datasets, a ``worker_init_fn``, a ``multiprocessing_context``, a
+collate other than :func:`zero_copy_collate`, ``worker_mode="processes"`` -- gets PyTorch's
+worker processes, where :mod:`zcopy_data.collate` still sends batches as handles and descriptors.
+
+With any worker count, index batches of PyTorch's sequential and random batch samplers and of
+:class:`~zcopy_data.samplers.BlockShuffleSampler` are produced as int64 arrays, in the same order
+as the samplers' own lists (see :mod:`zcopy_data._index_batches`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.pin_memory import pin_memory as _pin
+from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind, _SingleProcessDataLoaderIter
+
+from zcopy_data._index_batches import index_batches
+from zcopy_data.collate import zero_copy_collate
+from zcopy_data.datasets.base import BatchRequest, ZeroCopyDataset
+
+__all__ = ["WorkerMode", "ZeroCopyDataLoader"]
+
+WorkerMode = Literal["auto", "threads", "processes"]
+_MODES = ("auto", "threads", "processes")
+
+
+class ZeroCopyDataLoader(DataLoader[Any]):
+    """``DataLoader`` with :func:`zero_copy_collate` by default and gather threads as workers.
+
+    Takes every ``DataLoader`` argument, plus:
+
+    Args:
+        worker_mode: ``"auto"`` (threads when the dataset's batches are GIL-free kernels, see
+            :attr:`ZeroCopyDataset.threads_suffice`, the collate is :func:`zero_copy_collate` and
+            no ``worker_init_fn`` / ``multiprocessing_context`` is given; processes otherwise),
+            ``"threads"`` or ``"processes"``.
+
+    >>> import numpy as np
+    >>> from zcopy_data import NumpyDataset
+    >>> ds = NumpyDataset({"x": np.arange(1000, dtype=np.float32)})
+    >>> loader = ZeroCopyDataLoader(ds, batch_size=100, shuffle=True, num_workers=2)
+    >>> loader.uses_threads, sum(len(b["x"]) for b in loader)
+    (True, 1000)
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        *,
+        worker_mode: WorkerMode = "auto",
+        **kwargs: Any,
+    ) -> None:
+        if worker_mode not in _MODES:
+            raise ValueError(f"worker_mode={worker_mode!r} should be one of {', '.join(map(repr, _MODES))}")
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            collate_fn=zero_copy_collate if collate_fn is None else collate_fn,
+            **kwargs,
+        )
+        self.worker_mode: WorkerMode = worker_mode
+        if worker_mode == "threads" and self.num_workers > 0:
+            why = self._why_not_threads(strict=True)
+            if why:
+                raise ValueError(f"worker_mode='threads' {why}; use worker_mode='processes'")
+
+    def _why_not_threads(self, strict: bool = False) -> str | None:
+        """Why the workers must be processes (``None``: threads will do)."""
+        if self._dataset_kind != _DatasetKind.Map or not self._auto_collation:
+            return "needs a map-style dataset and batches (batch_size or batch_sampler)"
+        if self.worker_init_fn is not None:
+            return "cannot run a worker_init_fn, which expects a worker process"
+        if self.multiprocessing_context is not None:
+            return "cannot honour a multiprocessing_context"
+        if strict:
+            return None
+        ds = self.dataset
+        if not (isinstance(ds, ZeroCopyDataset) and ds.threads_suffice):
+            return "needs a dataset whose batches are GIL-free kernels"
+        if self.collate_fn is not zero_copy_collate:
+            return "needs zero_copy_collate"
+        return None
+
+    @property
+    def uses_threads(self) -> bool:
+        """True when this loader's workers are gather threads in this process."""
+        if self.num_workers == 0 or self.worker_mode == "processes":
+            return False
+        return self.worker_mode == "threads" or self._why_not_threads() is None
+
+    def _get_iterator(self) -> _BaseDataLoaderIter:
+        if self.num_workers == 0:
+            return _SingleIter(self)
+        if self.uses_threads:
+            return _ThreadIter(self)
+        return super()._get_iterator()
+
+
+def _indices_for(it: _BaseDataLoaderIter) -> Any:
+    # arrays only where the dataset takes them (ours do); anything else keeps the sampler's lists
+    if isinstance(it._dataset, ZeroCopyDataset) and it._auto_collation:
+        return index_batches(it._index_sampler)
+    return iter(it._index_sampler)
+
+
+class _Unprofiled:
+    """``__next__`` without the profiler's ``record_function`` (~6 us a batch) unless it is recording."""
+
+    _dataset_kind: int
+    _num_yielded: int
+    _next_data: Callable[[], Any]
+
+    def __next__(self) -> Any:
+        if self._dataset_kind != _DatasetKind.Map or torch.autograd._profiler_enabled():  # type: ignore[attr-defined]
+            return super().__next__()  # type: ignore[misc]
+        data = self._next_data()
+        self._num_yielded += 1
+        return data
+
+
+class _SingleIter(_Unprofiled, _SingleProcessDataLoaderIter):
+    """PyTorch's single-process iterator, with index batches as arrays where possible."""
+
+    def __init__(self, loader: ZeroCopyDataLoader) -> None:
+        super().__init__(loader)
+        self._sampler_iter = _indices_for(self)
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        self._sampler_iter = _indices_for(self)
+
+
+class _Ready:
+    """A batch built on the spot (a view), queued among the threads' futures to keep the order.
+
+    An error is kept too, and raised when the batch's turn comes, as a thread's would be.
+    """
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
+    """``num_workers`` gather threads, ``num_workers * prefetch_factor`` batches ahead, in order."""
+
+    def __init__(self, loader: ZeroCopyDataLoader) -> None:
+        super().__init__(loader)
+        self._fetcher = _DatasetKind.create_fetcher(  # type: ignore[no-untyped-call]
+            self._dataset_kind, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
+        )
+        self._ahead = self._num_workers * (loader.prefetch_factor or 2)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[Any] | _Ready] = deque()
+        self._exhausted = False
+        self._sampler_iter = _indices_for(self)
+        # only zero_copy_collate's own requests are known to be views before they are built
+        self._inline = self._collate_fn is zero_copy_collate and isinstance(self._dataset, ZeroCopyDataset)
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        self._sampler_iter = _indices_for(self)
+        for item in self._pending:  # batches of an epoch that was left early
+            if isinstance(item, Future):
+                item.cancel()
+        self._pending.clear()
+        self._exhausted = False
+
+    def _build(self, index: Any) -> Any:
+        data = self._fetcher.fetch(index)
+        return _pin(data, self._pin_memory_device) if self._pin_memory else data  # type: ignore[no-untyped-call]
+
+    def _collate(self, request: BatchRequest) -> Any:
+        data = self._collate_fn(request)  # type: ignore[arg-type]
+        return _pin(data, self._pin_memory_device) if self._pin_memory else data  # type: ignore[no-untyped-call]
+
+    def _submit(self, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._num_workers, thread_name_prefix="zcopy_data-worker")
+        return self._pool.submit(fn, arg)
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._pending) < self._ahead:
+            try:
+                index = self._next_index()  # type: ignore[no-untyped-call]
+            except StopIteration:
+                self._exhausted = True
+                return
+            if self._inline:
+                try:
+                    request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
+                    view = isinstance(request, BatchRequest) and request.is_view()
+                    item: Future[Any] | _Ready = (
+                        _Ready(self._collate(request)) if view else self._submit(self._collate, request)
+                    )
+                except Exception as e:  # raised in its turn, by _next_data
+                    item = _Ready(error=e)
+                self._pending.append(item)
+            else:
+                self._pending.append(self._submit(self._build, index))
+
+    def _next_data(self) -> Any:
+        self._fill()
+        if not self._pending:
+            if not self._persistent_workers:
+                self._shutdown()
+            raise StopIteration
+        item = self._pending.popleft()
+        if isinstance(item, _Ready):
+            data = item.result()
+        else:
+            try:
+                data = item.result(timeout=self._timeout if self._timeout > 0 else None)
+            except FutureTimeout:
+                raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
+        self._fill()  # keep the threads busy while the caller uses this batch
+        return data
+
+    def _shutdown(self) -> None:
+        for item in self._pending:
+            if isinstance(item, Future):
+                item.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        if not sys.is_finalizing():  # at exit, concurrent.futures joins its own threads
+            self._shutdown()
