@@ -1,4 +1,4 @@
-"""A plain PyTorch ``DataLoader`` over ``.npy`` files, zero-copy, with every copy accounted for.
+"""``ZeroCopyDataLoader`` (a PyTorch ``DataLoader``) over ``.npy`` files, zero-copy, with every copy accounted for.
 
 Generates 4,096 uint8 images (3x32x32) and their labels as ``.npy`` files, then reads them
 three ways and prints the copy ledger of each:
@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from zcopy_data import NumpyDataset, explain, zero_copy_collate
+from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain
 from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.transfer import Cast, DevicePrefetcher
 
@@ -50,11 +49,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ds = NumpyDataset({name: str(path) for name, path in make_data(root, args.samples).items()})
         print(ds)
         batches = args.samples // args.batch_size
-        common: dict[str, Any] = {"collate_fn": zero_copy_collate, "num_workers": args.workers}
+        # ZeroCopyDataLoader: a DataLoader with zero_copy_collate, whose workers are gather threads here
+        common: dict[str, Any] = {"num_workers": args.workers}
         loaders = {
-            "sequential": DataLoader(ds, batch_size=args.batch_size, **common),
-            "shuffled": DataLoader(ds, batch_size=args.batch_size, shuffle=True, **common),
-            "block-shuffled": DataLoader(ds, batch_sampler=BlockShuffleSampler(ds, args.batch_size, seed=0), **common),
+            "sequential": ZeroCopyDataLoader(ds, batch_size=args.batch_size, **common),
+            "shuffled": ZeroCopyDataLoader(ds, batch_size=args.batch_size, shuffle=True, **common),
+            "block-shuffled": ZeroCopyDataLoader(
+                ds, batch_sampler=BlockShuffleSampler(ds, args.batch_size, seed=0), **common
+            ),
         }
         copied = {}
         for name, loader in loaders.items():

@@ -196,25 +196,34 @@ def test_explain_counts_exactly_the_gathered_bytes_with_threads(ds: NumpyDataset
     assert ledger.copied("worker->main") == 0
 
 
-def test_views_are_built_here_and_gathers_in_worker_threads(paths: dict[str, str]) -> None:
-    gathered_in: list[str] = []
+def test_views_are_built_here_and_gathers_in_worker_threads(ds: NumpyDataset) -> None:
+    built: list[tuple[list[int], bool, str]] = []
 
-    class Watched(NumpyDataset):
-        def _zc_tensors(self) -> dict[str, torch.Tensor]:  # the gather path's source, never a view's
-            gathered_in.append(threading.current_thread().name)
-            return super()._zc_tensors()
+    class Watched(ZeroCopyDataLoader):
+        def _get_iterator(self) -> Any:
+            it = super()._get_iterator()
+            collate = it._collate  # type: ignore[attr-defined]
 
-    watched = Watched(paths)
+            def spy(request: Any) -> Any:
+                built.append((list(request.indices), request.is_view(), threading.current_thread().name))
+                return collate(request)
+
+            it._collate = spy  # type: ignore[attr-defined]
+            return it
+
     views = [np.arange(0, 10), np.arange(10, 20), np.arange(500, 600)]
-    it = iter(ZeroCopyDataLoader(watched, batch_sampler=views, num_workers=2))
+    it = iter(Watched(ds, batch_sampler=views, num_workers=2))
     assert [b["y"].tolist() for b in it] == [v.tolist() for v in views]
-    assert it._pool is None and gathered_in == []  # type: ignore[attr-defined]  # no thread was ever needed
+    assert it._pool is None  # type: ignore[attr-defined]  # no thread was ever needed
+    main = threading.current_thread().name
+    assert [(name == main) for _, _, name in built] == [True, True, True]
 
+    built.clear()
     mixed = [np.arange(0, 10), np.array([5, 1, 9]), np.arange(10, 20), np.array([7, 3])]
-    it = iter(ZeroCopyDataLoader(watched, batch_sampler=mixed, num_workers=2))
-    assert [b["y"].tolist() for b in it] == [m.tolist() for m in mixed]  # in sampler order
-    assert len(gathered_in) == 2
-    assert all(name.startswith("zcopy_data-worker") for name in gathered_in)
+    assert [b["y"].tolist() for b in Watched(ds, batch_sampler=mixed, num_workers=2)] == [m.tolist() for m in mixed]
+    for _indices, view, name in built:
+        assert (name == main) if view else name.startswith("zcopy_data-worker")
+    assert sorted(v for _, v, _ in built) == [False, False, True, True]
 
 
 # -- errors, timeouts, epochs, threads ------------------------------------------------------------
@@ -256,14 +265,20 @@ def test_persistent_workers_survive_an_epoch_left_early(ds: NumpyDataset) -> Non
 
 
 def test_worker_threads_end_with_the_epoch(ds: NumpyDataset) -> None:
-    before = threading.active_count()
+    before = set(threading.enumerate())
     loader = ZeroCopyDataLoader(ds, batch_size=50, shuffle=True, num_workers=2)
+
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.name.startswith("zcopy_data-worker")]
+
     for _ in range(3):
-        assert sum(len(b) for b in _labels(loader)) == N
+        it = iter(loader)
+        assert sum(len(b["y"]) for b in it) == N
+        assert it._pool is None  # type: ignore[attr-defined]  # shut down when the epoch ended
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while ours() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert ours() == []
 
 
 def test_pin_memory_without_an_accelerator_warns_as_dataloader_does(ds: NumpyDataset) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, get_worker_info
 
-from zcopy_data import NumpyDataset, explain, zero_copy_collate
+from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain, zero_copy_collate
 from zcopy_data.collate import crossing, descriptors
 from zcopy_data.collate.shared import SharedMemoryExhaustedError
 from zcopy_data.samplers import BlockShuffleSampler
@@ -36,18 +36,28 @@ def _dataset(files: dict[str, Path]) -> NumpyDataset:
     return NumpyDataset({k: str(v) for k, v in files.items()})
 
 
-def _loader(ds: Any, order: str, workers: int, replicas: int, rank: int, **kw: Any) -> DataLoader[Any]:
-    if workers:
+def _loader(
+    ds: Any, order: str, workers: int, replicas: int, rank: int, threads: bool = False, **kw: Any
+) -> DataLoader[Any]:
+    """A DataLoader with worker processes, or (``threads``) a ZeroCopyDataLoader with gather threads."""
+    cls: Any = DataLoader
+    if threads:
+        cls = ZeroCopyDataLoader
+    elif workers:
         kw.setdefault("multiprocessing_context", "fork")
+    if workers:
         kw.setdefault("persistent_workers", True)
     if order == "block":
         sampler = BlockShuffleSampler(ds, BATCH, seed=7, num_replicas=replicas, rank=rank)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=zero_copy_collate, **kw)
-    if replicas == 1:
-        shuffle: Any = RandomSampler(ds, generator=torch.Generator().manual_seed(7))
+        loader = cls(ds, batch_sampler=sampler, num_workers=workers, collate_fn=zero_copy_collate, **kw)
     else:
-        shuffle = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=7)
-    return DataLoader(ds, batch_size=BATCH, sampler=shuffle, num_workers=workers, collate_fn=zero_copy_collate, **kw)
+        if replicas == 1:
+            shuffle: Any = RandomSampler(ds, generator=torch.Generator().manual_seed(7))
+        else:
+            shuffle = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=7)
+        loader = cls(ds, batch_size=BATCH, sampler=shuffle, num_workers=workers, collate_fn=zero_copy_collate, **kw)
+    assert not threads or not workers or loader.uses_threads
+    return loader
 
 
 def _set_epoch(loader: DataLoader[Any], epoch: int) -> None:
@@ -66,11 +76,11 @@ def _check_epoch(held: Sequence[dict[str, torch.Tensor]], source: np.ndarray[Any
 
 @pytest.mark.parametrize("replicas", [1, 2])
 @pytest.mark.parametrize("order", ["shuffle", "block"])
-@pytest.mark.parametrize("workers", [0, 2])
-def test_every_index_once_per_epoch_and_held_batches_unchanged(files, workers, order, replicas):
+@pytest.mark.parametrize(("workers", "threads"), [(0, False), (2, False), (0, True), (2, True)])
+def test_every_index_once_per_epoch_and_held_batches_unchanged(files, workers, threads, order, replicas):
     ds = _dataset(files)
     source = np.load(files["image"])
-    loaders = [_loader(ds, order, workers, replicas, r) for r in range(replicas)]
+    loaders = [_loader(ds, order, workers, replicas, r, threads=threads) for r in range(replicas)]
     orders = []
     for epoch in range(3):
         held: list[dict[str, torch.Tensor]] = []

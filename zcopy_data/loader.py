@@ -6,8 +6,8 @@ traffic -- an index message out, a handle or descriptor back, each a wake-up of 
 -- which on a small machine costs more than the gather it parallelises. So for such datasets
 ``num_workers=N`` runs ``N`` gather threads in this process instead (``worker_mode="auto"``):
 
-* batches that are views (contiguous indices) are built right away, in order, with no hand-off
-  at all, so workers are never slower than no workers;
+* batches that are views (contiguous indices) are built in the calling thread when their turn
+  comes, with no hand-off at all: what they cost without workers, so workers are never slower;
 * gathered batches are assembled by the threads, ``num_workers * prefetch_factor`` batches ahead,
   into reused buffers (pinned when an accelerator is present), and handed over in sampler order;
 * ``timeout``, ``persistent_workers``, ``pin_memory`` and ``prefetch_factor`` mean what they mean
@@ -38,6 +38,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind, _Sing
 
 from zcopy_data._index_batches import index_batches
 from zcopy_data.collate import zero_copy_collate
+from zcopy_data.collate.buffers import keep_at_least
 from zcopy_data.datasets.base import BatchRequest, ZeroCopyDataset
 
 __all__ = ["WorkerMode", "ZeroCopyDataLoader"]
@@ -109,7 +110,7 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         ds = self.dataset
         if not (isinstance(ds, ZeroCopyDataset) and ds.threads_suffice):
             return "needs a dataset whose batches are GIL-free kernels"
-        if self.collate_fn is not zero_copy_collate:
+        if not _is_zero_copy_collate(self.collate_fn):
             return "needs zero_copy_collate"
         return None
 
@@ -126,6 +127,11 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         if self.uses_threads:
             return _ThreadIter(self)
         return super()._get_iterator()
+
+
+def _is_zero_copy_collate(fn: Any) -> bool:
+    """``zero_copy_collate``, or a wrapper of it that exposes it as ``.collate_fn`` (ledger recorders)."""
+    return fn is zero_copy_collate or getattr(fn, "collate_fn", None) is zero_copy_collate
 
 
 def _indices_for(it: _BaseDataLoaderIter) -> Any:
@@ -162,21 +168,13 @@ class _SingleIter(_Unprofiled, _SingleProcessDataLoaderIter):
         self._sampler_iter = _indices_for(self)
 
 
-class _Ready:
-    """A batch built on the spot (a view), queued among the threads' futures to keep the order.
+class _Failed:
+    """An error met while queueing a batch, raised when that batch is due, as a thread's would be."""
 
-    An error is kept too, and raised when the batch's turn comes, as a thread's would be.
-    """
+    __slots__ = ("error",)
 
-    __slots__ = ("error", "value")
-
-    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-
-    def result(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
@@ -188,12 +186,16 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
             self._dataset_kind, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
         )
         self._ahead = self._num_workers * (loader.prefetch_factor or 2)
+        self._lookahead = max(4 * self._ahead, 32)
+        self._gathers = 0  # futures in _pending
+        self._views = 0.0  # running share of views among recent batches
+        keep_at_least(self._ahead + 2)  # in flight, plus the batch in use and the one before it
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[Any] | _Ready] = deque()
+        self._pending: deque[Future[Any] | BatchRequest | _Failed] = deque()
         self._exhausted = False
         self._sampler_iter = _indices_for(self)
         # only zero_copy_collate's own requests are known to be views before they are built
-        self._inline = self._collate_fn is zero_copy_collate and isinstance(self._dataset, ZeroCopyDataset)
+        self._inline = _is_zero_copy_collate(self._collate_fn) and isinstance(self._dataset, ZeroCopyDataset)
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
@@ -202,6 +204,7 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
             if isinstance(item, Future):
                 item.cancel()
         self._pending.clear()
+        self._gathers = 0
         self._exhausted = False
 
     def _build(self, index: Any) -> Any:
@@ -215,54 +218,72 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
     def _submit(self, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._num_workers, thread_name_prefix="zcopy_data-worker")
+        self._gathers += 1
         return self._pool.submit(fn, arg)
 
     def _fill(self) -> None:
-        while not self._exhausted and len(self._pending) < self._ahead:
+        """Queue batches until ``_ahead`` gathers are with the threads (views wait for their turn).
+
+        Queued views cost nothing until they are built, so the look-ahead runs past them, up to
+        ``_lookahead`` batches, to find the next gathers early.
+        """
+        pending = self._pending
+        while self._gathers < self._ahead and len(pending) < self._lookahead:
             try:
                 index = self._next_index()  # type: ignore[no-untyped-call]
             except StopIteration:
                 self._exhausted = True
                 return
-            if self._inline:
-                try:
-                    request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
-                    view = isinstance(request, BatchRequest) and request.is_view()
-                    item: Future[Any] | _Ready = (
-                        _Ready(self._collate(request)) if view else self._submit(self._collate, request)
-                    )
-                except Exception as e:  # raised in its turn, by _next_data
-                    item = _Ready(error=e)
-                self._pending.append(item)
-            else:
-                self._pending.append(self._submit(self._build, index))
+            if not self._inline:
+                pending.append(self._submit(self._build, index))
+                continue
+            try:
+                request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
+                if isinstance(request, BatchRequest) and request.is_view():
+                    pending.append(request)  # built when due: costs what it costs without workers
+                    self._views = 0.9 * self._views + 0.1
+                elif self._views > 0.5:
+                    # A gather among mostly views is built when due, here, as without workers: a
+                    # thread would wait for the GIL, which this thread holds while it builds views.
+                    pending.append(request)
+                    self._views *= 0.9
+                else:
+                    pending.append(self._submit(self._collate, request))
+                    self._views *= 0.9
+            except Exception as e:  # raised in its turn, by _next_data
+                pending.append(_Failed(e))
 
     def _next_data(self) -> Any:
-        self._fill()
+        if not self._exhausted:
+            self._fill()
         if not self._pending:
             if not self._persistent_workers:
                 self._shutdown()
             raise StopIteration
         item = self._pending.popleft()
-        if isinstance(item, _Ready):
-            data = item.result()
-        else:
-            try:
-                data = item.result(timeout=self._timeout if self._timeout > 0 else None)
-            except FutureTimeout:
-                raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
-        self._fill()  # keep the threads busy while the caller uses this batch
-        return data
+        if type(item) is BatchRequest:
+            return self._collate(item)
+        if type(item) is _Failed:
+            raise item.error
+        self._gathers -= 1
+        future: Future[Any] = item  # type: ignore[assignment]
+        if not self._exhausted:
+            self._fill()  # a thread is free once this batch is done: give it the next gather now
+        try:
+            return future.result(timeout=self._timeout if self._timeout > 0 else None)
+        except FutureTimeout:
+            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
 
     def _shutdown(self) -> None:
         for item in self._pending:
             if isinstance(item, Future):
                 item.cancel()
         self._pending.clear()
+        self._gathers = 0
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     def __del__(self) -> None:
-        if not sys.is_finalizing():  # at exit, concurrent.futures joins its own threads
+        if not sys.is_finalizing() and hasattr(self, "_gathers"):  # at exit, concurrent.futures joins its threads
             self._shutdown()

@@ -74,7 +74,8 @@ def test_end_to_end(capsys: pytest.CaptureFixture[str], npy_folder: Path, tmp_pa
     assert {(r["contender"], r["order"]) for r in result["rows"]} == {
         (c, o) for c in ("default", "zcopy") for o in ("seq", "block")
     }
-    assert all(r["runs"] == 2 for r in result["rows"])  # two repeats, one timed pass each
+    # two repeats of at least one timed pass each (short passes are repeated up to half a second)
+    assert all(r["runs"] >= 2 for r in result["rows"])
     assert result["config"]["threads"] == 2
     assert "fraction of the all-threads index_select limit" in printed  # the ceiling for 2 torch threads
     assert result["command"].startswith("zcopy-data bench ")

@@ -20,7 +20,7 @@ from zcopy_data.benchmark.contenders import (
     make_batch_sampler,
 )
 from zcopy_data.benchmark.data import DataSource, open_source
-from zcopy_data.benchmark.measure import measure
+from zcopy_data.benchmark.measure import MAX_PASSES, measure
 
 INSTALLED = [n for n in CONTENDERS if available(n)[0]]
 
@@ -110,11 +110,15 @@ def test_zcopy_copies_come_from_the_ledger(npy_folder: Path, tmp_path: Path, ord
         "epochs": 1,
         "seed": 0,
         "max_pass_s": 0.05,
+        "min_timed_s": 0,
     }
     res = measure(spec)
     assert res["copies_per_batch"] == copies
     assert res["copies_basis"].startswith("ledger")
     assert len(res["rates"]) == 1 and res["rates"][0] > 0
+    # short passes are repeated until they add up to min_timed_s, at most MAX_PASSES times
+    more = measure({**spec, "min_timed_s": 0.05})
+    assert 1 < len(more["rates"]) <= MAX_PASSES
     assert res["peak_mem_mib"] >= 0
 
 

@@ -30,6 +30,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         repeats=1,
         epochs=1,
         max_pass_s=0.05,
+        min_timed_s=0,  # one timed pass per process: the tests check the record, not timings
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
     return run_bench(cfg, log=lambda *_: None)
@@ -146,6 +147,7 @@ def test_table_markdown_and_chart(result: dict[str, Any], tmp_path: Path) -> Non
         ({"contenders": ("default", "ffcv")}, "contender 'ffcv' should be one of"),
         ({"repeats": 0}, "repeats=0 and epochs=3 should be >= 1"),
         ({"max_pass_s": 0}, "max_pass_s=0 should be > 0"),
+        ({"min_timed_s": -1}, "min_timed_s=-1 should be >= 0"),
         ({"threads": 0}, "threads=0 should be >= 1"),
     ],
 )

@@ -30,6 +30,10 @@ from zcopy_data.benchmark.limits import measure_limits
 __all__ = ["measure", "memory_mib"]
 
 _SAMPLE_EVERY = 16  # batches between memory samples
+MIN_TIMED_S = 0.5
+"""Default of the spec's ``min_timed_s``: timed passes continue (up to ``MAX_PASSES``) until they
+add up to this many seconds."""
+MAX_PASSES = 60
 
 
 def memory_mib() -> float:
@@ -83,7 +87,16 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         name, src, spec["order"], spec["batch_size"], workers, seed=spec["seed"], cache=Path(spec["cache"])
     )
     peak = [start_mib]
-    rates = [_timed_pass(loader, epoch, cap, peak) for epoch in range(1 + spec["epochs"])][1:]
+    _timed_pass(loader, 0, cap, peak)  # warm-up: page cache, mappings, buffers, workers
+    rates: list[float] = []
+    timed = 0.0
+    # at least ``epochs`` passes, and more while they add up to under min_timed_s: a pass of views
+    # takes a few milliseconds, too short for one timing to mean much
+    min_timed = float(spec.get("min_timed_s", MIN_TIMED_S))
+    while len(rates) < spec["epochs"] or (timed < min_timed and len(rates) < MAX_PASSES):
+        t0 = time.perf_counter()
+        rates.append(_timed_pass(loader, len(rates) + 1, cap, peak))
+        timed += time.perf_counter() - t0
     counter = CONTENDERS[name].copies
     copies: float | None
     if counter is None:

@@ -45,7 +45,8 @@ class BenchConfig:
             ``shape`` images with int64 labels (written once, cached).
         contenders: names from :data:`~zcopy_data.benchmark.contenders.CONTENDERS`; ``None``
             means every one that imports here (peers that are not installed are skipped).
-        repeats: processes per contender and cell; ``epochs``: timed passes per process.
+        repeats: processes per contender and cell; ``epochs``: timed passes per process (at least:
+            short passes are repeated until they add up to ``min_timed_s`` seconds, at most 60).
         max_pass_s: a pass stops after this many seconds (slow peers would otherwise take minutes).
         threads: torch intra-op threads of every contender (1 by default, so that the 1-thread
             gather limit is the ceiling of a 0-worker loader; torch's own default is all cores).
@@ -61,6 +62,7 @@ class BenchConfig:
     repeats: int = 3
     epochs: int = 3
     max_pass_s: float = 1.5
+    min_timed_s: float = 0.5
     seed: int = 0
     threads: int = 1
     cache_dir: Path | None = None
@@ -77,6 +79,8 @@ class BenchConfig:
             raise ValueError(f"threads={self.threads} should be >= 1")
         if self.max_pass_s <= 0:
             raise ValueError(f"max_pass_s={self.max_pass_s} should be > 0")
+        if self.min_timed_s < 0:
+            raise ValueError(f"min_timed_s={self.min_timed_s} should be >= 0")
         if not self.orders or not self.workers:
             raise ValueError("orders and workers each need at least one value")
         for order in self.orders:
@@ -106,6 +110,7 @@ class BenchConfig:
             "repeats": self.repeats,
             "epochs": self.epochs,
             "max_pass_s": self.max_pass_s,
+            "min_timed_s": self.min_timed_s,
             "seed": self.seed,
             "threads": self.threads,
         }
@@ -290,6 +295,7 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
         "epochs": cfg.epochs,
         "seed": cfg.seed,
         "max_pass_s": cfg.max_pass_s,
+        "min_timed_s": cfg.min_timed_s,
         "threads": cfg.threads,
         "source": src.to_spec(),
         "cache": str(cache),

@@ -24,7 +24,7 @@ from torch.utils.data import get_worker_info
 from zcopy_data._storage import use_count
 from zcopy_data.collate.shared import allocate_shared
 
-__all__ = ["Allocate", "allocate", "allocate_host", "allocator", "nbytes"]
+__all__ = ["Allocate", "allocate", "allocate_host", "allocator", "keep_at_least", "nbytes"]
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -33,12 +33,20 @@ def nbytes(t: torch.Tensor) -> int:
 
 
 MAX_PER_SHAPE = 4
-"""Reusable host buffers kept per (shape, dtype); a user holding more batches gets fresh ones."""
+"""Reusable host buffers kept per (shape, dtype); a user holding more batches gets fresh ones.
+Raised by :func:`keep_at_least` for loaders that keep more batches in flight."""
 MAX_SHAPES = 16
 """Distinct (shape, dtype) keys kept; the least recently used key is dropped past this."""
 
 _lock = threading.Lock()
 _pool: OrderedDict[tuple[tuple[int, ...], torch.dtype], list[tuple[torch.Tensor, int]]] = OrderedDict()
+
+
+def keep_at_least(n: int) -> None:
+    """Keep up to ``n`` reusable buffers per (shape, dtype): batches in flight plus those held."""
+    global MAX_PER_SHAPE
+    with _lock:
+        MAX_PER_SHAPE = max(MAX_PER_SHAPE, int(n))
 
 
 def reused_host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

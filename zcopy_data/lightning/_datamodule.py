@@ -13,6 +13,7 @@ from zcopy_data.collate import zero_copy_collate
 from zcopy_data.lightning._checks import SPLITS, as_schema, check_configuration, device_cast, resolve_input_schema
 from zcopy_data.lightning._hooks import ZeroCopyTransfer
 from zcopy_data.lightning._loaders import SHUFFLE_MODES, DevicePrefetchingLoader, RecordingCollate, ShardedLoader
+from zcopy_data.loader import ZeroCopyDataLoader
 from zcopy_data.samplers import BlockShuffleSampler
 from zcopy_data.schema import Schema
 from zcopy_data.transfer.cast import CastMap, DeviceCast
@@ -42,7 +43,8 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             split left out is not offered to Lightning.
         batch_size: samples per training batch.
         eval_batch_size: samples per val/test/predict batch (default ``batch_size``).
-        num_workers: ``DataLoader`` worker processes.
+        num_workers: workers of each :class:`~zcopy_data.ZeroCopyDataLoader`: gather threads for
+            columnar datasets, worker processes otherwise.
         shuffle: training order. ``"shuffle"`` is ``DataLoader(shuffle=True)`` (seeded by
             ``seed_everything``; the same batches as a default setup), ``"sequential"`` keeps
             file order, ``"block"`` shuffles contiguous blocks of ``batch_size`` samples with a
@@ -158,7 +160,9 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
                 **self.loader_kwargs,
                 **kwargs,
             )
-        return DataLoader(dataset, num_workers=self.num_workers, collate_fn=collate, **self.loader_kwargs, **kwargs)
+        return ZeroCopyDataLoader(
+            dataset, num_workers=self.num_workers, collate_fn=collate, **self.loader_kwargs, **kwargs
+        )
 
     def _dataset(self, split: str) -> Dataset[Any]:
         ds = self.datasets[split]

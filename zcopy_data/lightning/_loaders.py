@@ -1,16 +1,17 @@
 """The loaders a ``ZeroCopyDataModule`` builds, and the ledger records that ride with batches.
 
-* ``sequential`` / ``shuffle``: a plain ``DataLoader`` with ``zero_copy_collate`` and
-  ``shuffle=False`` / ``True``, exactly what a default Lightning setup builds, so under DDP
-  Lightning swaps in its ``DistributedSampler`` (and calls ``set_epoch``) as it always does.
-* ``block``: a ``DataLoader`` over a rank-aware :class:`~zcopy_data.samplers.BlockShuffleSampler`
+* ``sequential`` / ``shuffle``: a :class:`~zcopy_data.ZeroCopyDataLoader` (a ``DataLoader``
+  whose workers are gather threads for columnar datasets) with ``shuffle=False`` / ``True``,
+  what a default Lightning setup builds, so under DDP Lightning swaps in its
+  ``DistributedSampler`` (and calls ``set_epoch``) as it always does.
+* ``block``: a ``ZeroCopyDataLoader`` over a rank-aware :class:`~zcopy_data.samplers.BlockShuffleSampler`
   (contiguous batches, so each one is a view, in shuffled order), wrapped in
   :class:`ShardedLoader`. The wrapper is deliberately not a ``DataLoader``: Lightning then leaves
   it alone instead of injecting a ``DistributedSampler`` into a sampler that already shards, and
   it still finds ``.sampler.set_epoch`` and calls it every epoch.
 
 With ``device_prefetch=N`` the loaders are :class:`DevicePrefetchingLoader`: still a
-``DataLoader`` (Lightning re-creates it with its samplers, keeping the extra arguments), whose
+``ZeroCopyDataLoader`` (Lightning re-creates it with its samplers, keeping the extra arguments), whose
 batches are already on the accelerator, copied ``N`` batches ahead while the model computes.
 """
 
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from zcopy_data.explain import _record_crossing
 from zcopy_data.ledger import LEDGER, Record, capture
+from zcopy_data.loader import ZeroCopyDataLoader
 from zcopy_data.transfer import DevicePrefetcher
 
 __all__ = [
@@ -130,7 +132,7 @@ class _HostBatches:
         return len(self.loader)
 
 
-class DevicePrefetchingLoader(DataLoader):  # type: ignore[type-arg]
+class DevicePrefetchingLoader(ZeroCopyDataLoader):
     """A ``DataLoader`` whose iteration yields batches already on ``device``, ``depth`` ahead.
 
     The copies are :class:`~zcopy_data.transfer.DevicePrefetcher`'s: one persistent side
