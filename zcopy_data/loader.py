@@ -254,6 +254,8 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
                 pending.append(_Failed(e))
 
     def _next_data(self) -> Any:
+        if self._views > 0.5 and not self._pending and not self._exhausted:
+            return self._next_in_turn()
         if not self._exhausted:
             self._fill()
         if not self._pending:
@@ -273,6 +275,20 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
             return future.result(timeout=self._timeout if self._timeout > 0 else None)
         except FutureTimeout:
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
+
+    def _next_in_turn(self) -> Any:
+        """Mostly views and nothing in flight: build the next batch here, exactly as without workers."""
+        try:
+            index = self._next_index()  # type: ignore[no-untyped-call]
+        except StopIteration:
+            self._exhausted = True
+            return self._next_data()
+        request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
+        if isinstance(request, BatchRequest) and request.is_view():
+            self._views = 0.9 * self._views + 0.1
+        else:
+            self._views *= 0.9  # enough gathers in a row and they go to the threads again
+        return self._collate(request)
 
     def _shutdown(self) -> None:
         for item in self._pending:

@@ -12,7 +12,7 @@ import pytest
 
 from zcopy_data.benchmark import BenchConfig, format_markdown, format_table, plot, run_bench, validate_result
 from zcopy_data.benchmark.contenders import CONTENDERS, available
-from zcopy_data.benchmark.runner import _targets
+from zcopy_data.benchmark.runner import _targets, _worker_targets
 
 INSTALLED = [n for n in CONTENDERS if available(n)[0]]
 
@@ -95,6 +95,23 @@ def test_targets_only_for_the_reference_data(result: dict[str, Any]) -> None:
     assert targets[1]["value"] == zcopy["ratio_to_default"]
     for t in targets:
         assert t["met"] == (t["value"] >= t["goal"])
+    paired = [{"order": "seq", "workers": 2, "ratio": 0.97, "ratios": [0.97]}]
+    (never_slower,) = _worker_targets(paired)
+    assert never_slower["goal"] == 0.995 and never_slower["value"] == 0.97 and not never_slower["met"]
+    spread = {**paired[0], "ratio": 0.99, "ratios": [0.97, 0.99, 1.01]}  # +-2% between processes
+    (within,) = _worker_targets([spread])
+    assert within["goal"] == pytest.approx(0.98) and within["met"] and "+-2.0%" in within["name"]
+    noisy = {**paired[0], "ratios": [0.8, 1.2]}
+    assert _worker_targets([noisy])[0]["goal"] == 0.97  # the tolerance never exceeds 3%
+    assert _worker_targets([{**paired[0], "workers": 4}]) == []  # the goal is stated for 2 workers
+
+
+def test_workers_and_no_workers_are_also_measured_in_one_process(result: dict[str, Any]) -> None:
+    assert {(p["order"], p["workers"]) for p in result["paired"]} == {(o, 1) for o in ("seq", "shuffle", "block")}
+    for p in result["paired"]:
+        assert len(p["ratios"]) == 1  # one process per repeat
+        assert p["ratio"] == p["ratios"][0] > 0
+    assert "paired shuffle: zcopy with 1 workers / no workers" in format_table(result)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +123,7 @@ def test_targets_only_for_the_reference_data(result: dict[str, Any]) -> None:
         (("rows", 0, "order"), "zigzag", r"'zigzag' has no entry in result\.limits"),
         (("rows", 0, "runs"), 5, r"runs=5 but 1 rates"),
         (("limits", "seq", "gather_1t", "gb_per_s"), "x", r"limits\.seq\.gather_1t\.gb_per_s"),
+        (("paired", 0, "ratio"), None, r"paired\[0\]\.ratio: expected int or float"),
     ],
 )
 def test_schema_rejects_wrong_types(result: dict[str, Any], path: tuple[Any, ...], value: Any, message: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zcopy_data import NumpyDataset, explain, zero_copy_collate
+from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain, zero_copy_collate
 from zcopy_data.collate.buffers import allocate_host
 from zcopy_data.ledger import capture
 from zcopy_data.transfer import Cast, DevicePrefetcher, PinnedBufferPool, to_device
@@ -51,6 +51,29 @@ def test_device_batches_equal_the_cpu_path_casts_included(workers, depth):
     assert len(on_gpu) == len(on_cpu) == 8
     for g, c in zip(on_gpu, on_cpu, strict=True):
         assert torch.equal(g["image"], c["image"]) and torch.equal(g["label"], c["label"])
+
+
+@pytest.mark.parametrize("order", ["shuffle", "sequential"])
+def test_gather_threads_feed_the_device_the_same_batches(order):
+    ds = _dataset()
+    shuffle = order == "shuffle"
+
+    def loader(workers: int) -> ZeroCopyDataLoader:
+        g = torch.Generator().manual_seed(3)
+        return ZeroCopyDataLoader(ds, batch_size=32, shuffle=shuffle, generator=g, num_workers=workers)
+
+    threaded = loader(2)
+    assert threaded.uses_threads
+    host = list(threaded)
+    if shuffle:  # gathered by the threads straight into pinned memory
+        assert all(b["image"].is_pinned() and is_pinned_gather(b["image"]) for b in host)
+    on_cpu = [{k: v.clone() for k, v in b.items()} for b in DevicePrefetcher(loader(0), "cpu", cast=CAST)]
+    on_gpu = [{k: v.cpu() for k, v in b.items()} for b in DevicePrefetcher(threaded, "cuda", depth=2, cast=CAST)]
+    assert len(on_gpu) == len(on_cpu) == 8
+    for g, c in zip(on_gpu, on_cpu, strict=True):
+        assert torch.equal(g["image"], c["image"]) and torch.equal(g["label"], c["label"])
+    pinned = ZeroCopyDataLoader(ds, batch_size=32, shuffle=shuffle, num_workers=2, pin_memory=True)
+    assert all(b["image"].is_pinned() and b["label"].is_pinned() for b in pinned)
 
 
 def test_to_device_moves_nested_batches_from_pinned_and_pageable_memory():

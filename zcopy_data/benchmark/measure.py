@@ -81,6 +81,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["contender"] == "limits":
         batches = make_batch_sampler(src.n, spec["order"], spec["batch_size"], spec["seed"])
         return {"limits": measure_limits(src, batches, spec["batch_size"], passes=spec["epochs"], cap_s=cap)}
+    if spec["contender"] == "pair":
+        return {"pair": _paired(spec, src, cap)}
     name, workers = spec["contender"], int(spec["workers"])
     start_mib = memory_mib()  # what the process inherited (torch, peers' imports): not the loader's
     loader = build_loader(
@@ -111,6 +113,33 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_mem_mib": peak[0] - start_mib,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _paired(spec: dict[str, Any], src: DataSource, cap: float) -> dict[str, list[float]]:
+    """zcopy_data with no workers and with ``workers``, in this one process, passes alternating.
+
+    Both loaders then share everything a process can differ in (memory layout, CPU, allocator),
+    so their ratio is free of the process-to-process spread that dominates sub-millisecond passes.
+    """
+    loaders = {
+        key: build_loader(
+            "zcopy", src, spec["order"], spec["batch_size"], w, seed=spec["seed"], cache=Path(spec["cache"])
+        )
+        for key, w in (("none", 0), ("workers", int(spec["workers"])))
+    }
+    peak = [memory_mib()]
+    rates: dict[str, list[float]] = {key: [] for key in loaders}
+    for loader in loaders.values():
+        _timed_pass(loader, 0, cap, peak)  # warm-up
+    timed, min_timed = 0.0, 2 * float(spec.get("min_timed_s", MIN_TIMED_S))
+    passes = 0
+    while passes < spec["epochs"] or (timed < min_timed and passes < MAX_PASSES):
+        passes += 1
+        t0 = time.perf_counter()
+        for key, loader in loaders.items() if passes % 2 else reversed(loaders.items()):
+            rates[key].append(_timed_pass(loader, passes, cap, peak))
+        timed += time.perf_counter() - t0
+    return rates
 
 
 def _in_child(spec: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,12 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for s in result["skipped"]:
         lines.append(f"skipped {s['contender']}: {s['reason']}")
+    for pair in result.get("paired", []):
+        per = ", ".join(f"{r:.2f}" for r in pair["ratios"])
+        lines.append(
+            f"paired {pair['order']}: zcopy with {pair['workers']} workers / no workers, alternating in one "
+            f"process: {pair['ratio']:.2f}x (per process: {per})"
+        )
     for t in result["targets"]:
         mark = "met" if t["met"] else "NOT met"
         lines.append(f"target {t['name']}: {t['value']:.2f} (goal >= {t['goal']:g}) {mark}")

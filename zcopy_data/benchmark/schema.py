@@ -25,7 +25,9 @@ TOP_KEYS: dict[str, Any] = {
     "limits": dict,
     "rows": list,
     "targets": list,
+    "paired": list,
 }
+PAIRED_KEYS: dict[str, Any] = {"order": str, "workers": int, "ratio": _NUM, "ratios": list}
 ROW_KEYS: dict[str, Any] = {
     "contender": str,
     "order": str,
@@ -87,6 +89,8 @@ def validate_result(result: Any) -> None:
             raise ValueError(f"result.rows[{i}].order: {row['order']!r} has no entry in result.limits")
         if row["runs"] != len(row["rates"]) or row["runs"] < 1:
             raise ValueError(f"result.rows[{i}]: runs={row['runs']} but {len(row['rates'])} rates")
+    for i, pair in enumerate(result["paired"]):
+        _check(pair, PAIRED_KEYS, f"result.paired[{i}]")
     for i, t in enumerate(result["targets"]):
         _check(t, TARGET_KEYS, f"result.targets[{i}]")
     for i, s in enumerate(result["skipped"]):
