@@ -11,7 +11,8 @@
 # Environment knobs: PYTHON; BENCH_ARGS (extra transfer_bench.py arguments, e.g.
 # "--samples 20000"); GPU_CHECK_DEVICE (default cuda; "cpu" dry-runs the plumbing);
 # GPU_CHECK_NO_INSTALL=1 (use the environment as it is); GPU_CHECK_SUITE_S (seconds for the rest of
-# the test suite with a CUDA build of torch, where pinning and streams are real; default 180, 0 skips).
+# the test suite with a CUDA build of torch, where pinning and streams are real; default 180, 0 skips);
+# GPU_CHECK_SUITE_PATHS (what that step runs; default tests).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -92,8 +93,9 @@ SUITE_S="${GPU_CHECK_SUITE_S:-180}"
 SUITE_RC=-1
 if [ "$SUITE_S" -gt 0 ]; then
   T0=$SECONDS
+  # shellcheck disable=SC2086
   timeout -s INT -k 30 "$SUITE_S" "$PY" -m pytest -m "not cuda" -q -rfE -p no:cacheprovider -W "ignore::pytest.PytestConfigWarning" \
-    --junitxml="$OUT_DIR/pytest_all.xml" tests >"$OUT_DIR/pytest_all.log" 2>&1
+    --junitxml="$OUT_DIR/pytest_all.xml" ${GPU_CHECK_SUITE_PATHS:-tests} >"$OUT_DIR/pytest_all.log" 2>&1
   SUITE_RC=$?
   say "pytest -m 'not cuda': exit $SUITE_RC in $((SECONDS - T0))s ($(tail -n 1 "$OUT_DIR/pytest_all.log" 2>/dev/null))"
 fi

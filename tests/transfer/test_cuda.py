@@ -64,11 +64,10 @@ def test_gather_threads_feed_the_device_the_same_batches(order):
 
     threaded = loader(2)
     assert threaded.uses_threads
-    host = list(threaded)
     if shuffle:  # gathered by the threads straight into pinned memory
-        assert all(b["image"].is_pinned() and is_pinned_gather(b["image"]) for b in host)
+        assert all(b["image"].is_pinned() and is_pinned_gather(b["image"]) for b in threaded)
     on_cpu = [{k: v.clone() for k, v in b.items()} for b in DevicePrefetcher(loader(0), "cpu", cast=CAST)]
-    on_gpu = [{k: v.cpu() for k, v in b.items()} for b in DevicePrefetcher(threaded, "cuda", depth=2, cast=CAST)]
+    on_gpu = [{k: v.cpu() for k, v in b.items()} for b in DevicePrefetcher(loader(2), "cuda", depth=2, cast=CAST)]
     assert len(on_gpu) == len(on_cpu) == 8
     for g, c in zip(on_gpu, on_cpu, strict=True):
         assert torch.equal(g["image"], c["image"]) and torch.equal(g["label"], c["label"])

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -208,3 +210,21 @@ def test_transfer_exports_are_sorted_and_import():
     assert transfer.__all__ == sorted(transfer.__all__)
     for name in transfer.__all__:
         assert getattr(transfer, name) is not None
+
+
+def test_a_pool_and_its_slots_form_no_reference_cycle() -> None:
+    # Cyclic garbage holding device events would be destroyed by the first garbage collection of a
+    # DataLoader worker forked meanwhile: a device call in a forked child, which aborts it.
+    gc.disable()
+    try:
+        pool = PinnedBufferPool({"x": ((4, 3), torch.float32)}, slots=2, pin=False)
+        slot = pool.acquire()
+        slot.release()
+        gone = weakref.ref(pool)
+        del pool
+        assert gone() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError, match="slot 0 outlived its PinnedBufferPool"):
+        _ = slot.pool
+    assert slot["x"].shape == (4, 3)  # its memory lives as long as its tensors

@@ -129,12 +129,24 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
     """One leased set of buffers, one per field; give it back with :meth:`release`."""
 
     def __init__(self, pool: PinnedBufferPool, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        self.pool = pool
+        # No strong reference back to the pool: a pool <-> slot cycle would keep the slots' device
+        # events alive as cyclic garbage, and a DataLoader worker forked meanwhile would destroy
+        # them at its first garbage collection, a device call in a forked child that aborts it.
+        self._pool = weakref.ref(pool)
+        self._lock = pool._lock
         self.index = index
         self._tensors = tensors
         self._baseline = {name: use_count(t) for name, t in tensors.items()}
         self._leased = False
         self._event: torch.Event | None = None
+
+    @property
+    def pool(self) -> PinnedBufferPool:
+        """The pool this slot belongs to."""
+        pool = self._pool()
+        if pool is None:
+            raise RuntimeError(f"slot {self.index} outlived its PinnedBufferPool")
+        return pool
 
     def __getitem__(self, name: str) -> torch.Tensor:
         t = self._tensors[name]
@@ -148,7 +160,7 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
 
     def release(self, event: torch.Event | None = None) -> None:
         """Give the slot back; it is reused only after ``event`` (the copy reading it) completes."""
-        with self.pool._lock:
+        with self._lock:
             if not self._leased:
                 raise RuntimeError(f"slot {self.index} released twice")
             self._event = event
@@ -218,6 +230,7 @@ class PinnedBufferPool:
         self.nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in specs.values()) * slots
         self._block = _HostBlock(offset * slots, pin=pin)
         self.pinned_bytes = self._block.pinned_bytes
+        self._lock = threading.Lock()
         self._slots = [
             PinnedSlot(
                 self,
@@ -226,7 +239,6 @@ class PinnedBufferPool:
             )
             for i in range(slots)
         ]
-        self._lock = threading.Lock()
         self._next = 0
 
     @property
