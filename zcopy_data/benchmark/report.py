@@ -79,7 +79,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
     for t in result["targets"]:
         mark = "met" if t["met"] else "NOT met"
-        lines.append(f"target {t['name']}: {t['value']:.2f} (goal >= {t['goal']:g}) {mark}")
+        lines.append(f"target {t['name']}: {t['value']:.2f} (goal >= {t['goal']:.3g}) {mark}")
     return "\n".join(lines)
 
 
