@@ -12,6 +12,11 @@ def test_explain_command_prints_the_report(npy_files, capsys):
     assert "view: indices contiguous" in out and "copied 0 B" in out
     assert main(["explain", *args, "--batch-size", "10", "--batches", "2", "--shuffle"]) == 0
     assert "gather: indices not contiguous" in capsys.readouterr().out
+    assert main(["explain", *args, "--batch-size", "10", "--batches", "2", "--workers", "2"]) == 0
+    assert "none: assembled by a worker thread in this process" in capsys.readouterr().out
+    argv = ["explain", *args, "--batch-size", "10", "--batches", "2", "--workers", "2", "--worker-mode", "processes"]
+    assert main(argv) == 0
+    assert "descriptor: view of a memory-mapped file" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

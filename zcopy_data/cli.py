@@ -117,9 +117,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
     import torch
-    from torch.utils.data import DataLoader
 
-    from zcopy_data import NumpyDataset, explain, zero_copy_collate
+    from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain
     from zcopy_data.benchmark.data import make_synthetic
     from zcopy_data.benchmark.report import format_table
     from zcopy_data.benchmark.runner import BenchConfig, run_bench
@@ -129,12 +128,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
     ds = NumpyDataset({k: str(p) for k, p in paths.items()})
     print(f"dataset: {ds}\n")
     for title, shuffle in (("sequential", False), ("shuffled", True)):
-        loader = DataLoader(
-            ds,
-            batch_size=cfg.batch_size,
-            shuffle=shuffle,
-            collate_fn=zero_copy_collate,
-            generator=torch.Generator().manual_seed(0),
+        loader = ZeroCopyDataLoader(
+            ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(0)
         )
         print(f"copy report, {title} (zcopy_data.explain(loader, batches=8)):")
         print(explain(loader, batches=8), end="\n\n")
@@ -145,9 +140,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from zcopy_data import NumpyDataset, explain, zero_copy_collate
+    from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain
 
     cols = {}
     for item in args.fields:
@@ -156,8 +149,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             raise SystemExit(f"zcopy-data explain: expected NAME=PATH.npy, found {item!r}")
         cols[name] = path
     ds = NumpyDataset(cols)
-    loader = DataLoader(
-        ds, batch_size=args.batch_size, shuffle=args.shuffle, collate_fn=zero_copy_collate, num_workers=args.workers
+    loader = ZeroCopyDataLoader(
+        ds, batch_size=args.batch_size, shuffle=args.shuffle, num_workers=args.workers, worker_mode=args.worker_mode
     )
     print(explain(loader, batches=args.batches))
     return 0
@@ -211,11 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_cmd_bench, parser=bench)
 
-    exp = sub.add_parser("explain", help="the copy report of a DataLoader over .npy files")
+    exp = sub.add_parser("explain", help="the copy report of a ZeroCopyDataLoader over .npy files")
     exp.add_argument("fields", nargs="+", metavar="NAME=PATH.npy")
     exp.add_argument("--batch-size", type=_positive, default=256)
     exp.add_argument("--batches", type=_positive, default=8)
     exp.add_argument("--workers", type=int, default=0)
+    exp.add_argument(
+        "--worker-mode",
+        choices=("auto", "threads", "processes"),
+        default="auto",
+        help="workers as gather threads (auto, for .npy files) or worker processes",
+    )
     exp.add_argument("--shuffle", action="store_true")
     exp.set_defaults(func=_cmd_explain)
 
