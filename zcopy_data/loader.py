@@ -81,6 +81,7 @@ class ZeroCopyDataLoader(DataLoader[Any]):
     ) -> None:
         if worker_mode not in _MODES:
             raise ValueError(f"worker_mode={worker_mode!r} should be one of {', '.join(map(repr, _MODES))}")
+        self.worker_mode: WorkerMode = worker_mode  # before DataLoader's checks, which read it
         super().__init__(
             dataset,
             batch_size=batch_size,
@@ -91,7 +92,6 @@ class ZeroCopyDataLoader(DataLoader[Any]):
             collate_fn=zero_copy_collate if collate_fn is None else collate_fn,
             **kwargs,
         )
-        self.worker_mode: WorkerMode = worker_mode
         if worker_mode == "threads" and self.num_workers > 0:
             why = self._why_not_threads(strict=True)
             if why:
@@ -120,6 +120,11 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         if self.num_workers == 0 or self.worker_mode == "processes":
             return False
         return self.worker_mode == "threads" or self._why_not_threads() is None
+
+    def check_worker_number_rationality(self) -> None:
+        """PyTorch's warning about more worker processes than CPUs, for worker processes only."""
+        if not self.uses_threads:
+            super().check_worker_number_rationality()
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
         if self.num_workers == 0:
