@@ -9,7 +9,9 @@ traffic -- an index message out, a handle or descriptor back, each a wake-up of 
 * batches that are views (contiguous indices) are built in the calling thread when their turn
   comes, with no hand-off at all: what they cost without workers, so workers are never slower;
 * gathered batches are assembled by the threads, ``num_workers * prefetch_factor`` batches ahead,
-  into reused buffers (pinned when an accelerator is present), and handed over in sampler order;
+  into reused buffers (pinned when an accelerator is present), and handed over in sampler order
+  (in a stream of mostly views, a lone gather is built in its turn too: a thread would have to
+  wait for the GIL, which the calling thread holds while it builds views);
 * ``timeout``, ``persistent_workers``, ``pin_memory`` and ``prefetch_factor`` mean what they mean
   for ``DataLoader``; an error raised while assembling a batch is raised here, unchanged.
 
