@@ -245,18 +245,11 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
                 pending.append(self._submit(self._build, index))
                 continue
             try:
-                request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
-                if isinstance(request, BatchRequest) and request.is_view():
-                    pending.append(request)  # built when due: costs what it costs without workers
-                    self._views = 0.9 * self._views + 0.1
-                elif self._views > 0.5:
-                    # A gather among mostly views is built when due, here, as without workers: a
-                    # thread would wait for the GIL, which this thread holds while it builds views.
-                    pending.append(request)
-                    self._views *= 0.9
-                else:
-                    pending.append(self._submit(self._collate, request))
-                    self._views *= 0.9
+                request, view = self._request(index)
+                # Views are built when due: they cost what they cost without workers. So is a
+                # gather among mostly views: a thread would wait for the GIL, which this thread
+                # holds while it builds views.
+                pending.append(request if view or self._views > 0.5 else self._submit(self._collate, request))
             except Exception as e:  # raised in its turn, by _next_data
                 pending.append(_Failed(e))
 
@@ -290,12 +283,15 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
         except StopIteration:
             self._exhausted = True
             return self._next_data()
-        request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
-        if isinstance(request, BatchRequest) and request.is_view():
-            self._views = 0.9 * self._views + 0.1
-        else:
-            self._views *= 0.9  # enough gathers in a row and they go to the threads again
+        request, _ = self._request(index)  # enough gathers in a row and they go to the threads again
         return self._collate(request)
+
+    def _request(self, index: Any) -> tuple[Any, bool]:
+        """The dataset's request for ``index``, whether it is a view, and the running share of views."""
+        request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
+        view = isinstance(request, BatchRequest) and request.is_view()
+        self._views = 0.9 * self._views + (0.1 if view else 0.0)
+        return request, view
 
     def _shutdown(self) -> None:
         for item in self._pending:

@@ -65,15 +65,13 @@ def _collate_request(req: BatchRequest) -> dict[str, torch.Tensor]:
     idx, contiguous = req.resolve()
     if ds.gathers_batches:
         return ds.gather_batch(idx, contiguous)
-    cols = ds._zc_columns()
-    run = None if ds.copy else contiguous
     out: dict[str, torch.Tensor] = {}
-    if run is not None:
-        start, stop = run
+    if contiguous is not None and ds.batch_is_view(contiguous):
+        start, stop = contiguous
         if get_worker_info() is not None:
             # views of memory-mapped columns cross to the main process as file descriptors
             install_crossing()
-            for col in cols.values():
+            for col in ds._zc_columns().values():
                 register_file_array(col)
         for name, src in ds._zc_tensors().items():  # whole columns as tensors, checked once
             t = src[start:stop]
