@@ -201,8 +201,8 @@ def test_views_are_built_here_and_gathers_in_worker_threads(ds: NumpyDataset) ->
     built: list[tuple[list[int], bool, str]] = []
 
     class Watched(ZeroCopyDataLoader):
-        def _get_iterator(self) -> Any:
-            it = super()._get_iterator()
+        def host_batches(self, allocation: Any = None) -> Any:
+            it = super().host_batches(allocation)
             collate = it._collate  # type: ignore[attr-defined]
 
             def spy(request: Any) -> Any:
@@ -240,7 +240,7 @@ def test_an_error_surfaces_in_its_turn_with_its_type(ds: NumpyDataset) -> None:
 
 def test_timeout_is_honoured(paths: dict[str, str]) -> None:
     class Slow(NumpyDataset):
-        def gather_batch(self, indices: Any, run: Any) -> dict[str, torch.Tensor]:  # noqa: ARG002
+        def build_batch(self, indices: Any, run: Any, allocation: Any) -> dict[str, torch.Tensor]:  # noqa: ARG002
             time.sleep(1.0)
             return {"y": torch.from_numpy(indices)}
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, get_worker_info
 
-from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain, zero_copy_collate
-from zcopy_data.collate import crossing, descriptors
-from zcopy_data.collate.shared import SharedMemoryExhaustedError
+from zcopy_data import NumpyDataset, ZeroCopyDataLoader, _mapping, explain, zero_copy_collate
+from zcopy_data.memory import crossing
+from zcopy_data.memory.shared import SharedMemoryExhaustedError
 from zcopy_data.samplers import BlockShuffleSampler
 
 N, BATCH = 480, 32
@@ -97,7 +97,7 @@ def test_every_index_once_per_epoch_and_held_batches_unchanged(files, workers, t
 
 
 def _in_main_mapping(t: torch.Tensor) -> bool:
-    return any(b.ctypes.data <= t.data_ptr() < b.ctypes.data + b.nbytes for b in descriptors._bases.values())
+    return any(r.start <= t.data_ptr() < r.stop for r in _mapping._ranges.values())
 
 
 def test_contiguous_batches_cross_as_file_descriptors(files):

@@ -1,10 +1,10 @@
-"""How many references a tensor storage has: the one test of "is a buffer still in use"."""
+"""Storage facts every layer asks: how many references a storage has, and a tensor's bytes."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["use_count"]
+__all__ = ["nbytes", "use_count"]
 
 
 def use_count(obj: torch.Tensor | torch.UntypedStorage) -> int:
@@ -13,3 +13,8 @@ def use_count(obj: torch.Tensor | torch.UntypedStorage) -> int:
     was created: equal means nobody else holds it, so it may be written again."""
     storage = obj.untyped_storage() if isinstance(obj, torch.Tensor) else obj
     return int(torch._C._storage_Use_Count(storage._cdata))
+
+
+def nbytes(t: torch.Tensor) -> int:
+    """Bytes of the tensor's elements (not of its whole storage)."""
+    return t.numel() * t.element_size()

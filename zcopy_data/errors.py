@@ -8,6 +8,7 @@
     │   ├── ShapeMismatchError                    ... on a shape
     │   ├── UnsupportedColumnError                a column with no zero-copy tensor (nulls, strings, ...)
     │   └── CorruptFileError                      unknown format, truncated or undecodable file
+    ├── FileChangedError (RuntimeError)           a mapped file was replaced or rewritten under a dataset
     ├── CopyRequiredError (ValueError)            honouring the request would need a hidden copy
     ├── SampleIndexError (IndexError)             an index outside the dataset
     ├── SharedMemoryExhaustedError (MemoryError)  a worker ran out of shared memory for batches
@@ -22,10 +23,14 @@ rebuilt from its message string alone: PyTorch re-raises an error from a ``DataL
 
 from __future__ import annotations
 
+import ast
+import re
+
 __all__ = [
     "CopyRequiredError",
     "CorruptFileError",
     "DtypeDriftError",
+    "FileChangedError",
     "PoolExhaustedError",
     "SampleIndexError",
     "SchemaError",
@@ -48,6 +53,8 @@ class ZeroCopyError(Exception):
 
     def __init__(self, message: str = "", *, field: str | None = None, index: int | None = None):
         super().__init__(message)
+        if field is None and index is None and message:
+            field, index = _parse_where(message)  # rebuilt from its message (a worker's error)
         self.field = field
         self.index = index
 
@@ -80,6 +87,10 @@ class CorruptFileError(SchemaError):
     """A source file is of an unknown format, truncated, or cannot be decoded; the message names it."""
 
 
+class FileChangedError(ZeroCopyError, RuntimeError):
+    """A file a dataset maps was replaced, truncated or rewritten after the dataset was built."""
+
+
 class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):
     """A worker could not get shared memory for a batch: the pool limit or ``/dev/shm`` is full."""
 
@@ -100,3 +111,24 @@ def describe(field: str | None, index: int | None) -> str:
     if index is not None:
         parts.append(f"at index {index}")
     return " ".join(parts) if parts else "value"
+
+
+_WHERE = re.compile(r"field ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?: at index (-?\d+))?|(?<![\w'])at index (-?\d+)")
+
+
+def _parse_where(message: str) -> tuple[str | None, int | None]:
+    """The field and index a message names in :func:`describe`'s words (last error line first)."""
+    lines = [ln for ln in message.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        m = _WHERE.search(line)
+        if m is None:
+            continue
+        field = None
+        if m.group(1) is not None:
+            try:
+                field = ast.literal_eval(m.group(1))
+            except (ValueError, SyntaxError):
+                field = None
+        raw = m.group(2) or m.group(3)
+        return field, None if raw is None else int(raw)
+    return None, None

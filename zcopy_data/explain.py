@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+import random
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from zcopy_data.collate.buffers import nbytes
-from zcopy_data.collate.crossing import crossing_of
-from zcopy_data.ledger import CopyLedger, Record, capture, record
+from zcopy_data.ledger import CopyLedger, capture
 from zcopy_data.loader import ZeroCopyDataLoader
+from zcopy_data.recording import LedgerBatch, RecordingCollate, record_pin, record_threads
 
 __all__ = ["explain"]
-
-CROSS = "worker->main"
-
-
-class _Recorded(NamedTuple):
-    """A batch with the ledger records made while assembling it (crosses from workers)."""
-
-    batch: Any
-    records: tuple[Record, ...]
-
-
-class _RecordingCollate:
-    """Wraps a collate_fn: returns the batch with the records its assembly produced."""
-
-    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, samples: Any) -> _Recorded:
-        with capture() as records:
-            batch = self.collate_fn(samples)
-            if get_worker_info() is not None:
-                _record_crossing(batch)
-        return _Recorded(batch, tuple(records))
 
 
 class _Take:
@@ -56,60 +35,30 @@ class _Take:
             return self.n
 
 
-def _tensors(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield path or "<batch>", obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{path}[{i}]" if path else str(i))
+def _generators(loader: DataLoader[Any]) -> list[torch.Generator]:
+    """The generators a run of ``loader`` draws from: the loader's and its samplers'."""
+    found: list[torch.Generator] = []
+    for obj in (loader, loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)):
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
 
 
-def _record_crossing(batch: Any) -> None:
-    """In a worker: how each tensor of the batch will cross to the main process, and its cost."""
-    for name, t in _tensors(batch):
-        if t.device.type != "cpu":
-            continue
-        how = crossing_of(t)
-        if how == "handle":
-            record(
-                CROSS, name, "handle: pooled shared-memory buffer, mapped once by the main process", viewed=nbytes(t)
-            )
-        elif how == "descriptor":
-            record(
-                CROSS, name, "descriptor: view of a memory-mapped file, mapped by the main process", viewed=nbytes(t)
-            )
-        elif how == "shared":
-            record(CROSS, name, "handle: buffer already in shared memory", viewed=nbytes(t))
-        else:
-            record(
-                CROSS, name, "pickle: storage not in shared memory, copied into it", copied=t.untyped_storage().nbytes()
-            )
-
-
-def _record_threads(batch: Any) -> None:
-    """Batches of a gather thread are already in this process: nothing crosses."""
-    for name, t in _tensors(batch):
-        record(CROSS, name, "none: assembled by a worker thread in this process", viewed=nbytes(t))
-
-
-def _record_pin(batch: Any, loader: DataLoader[Any]) -> None:
-    """Whether the pin stage was free (gathered into pinned memory), a copy, or skipped."""
-    from zcopy_data.transfer.pinned import is_pinned_gather  # lazy: transfer imports the collate package
-
-    for name, t in _tensors(batch):
-        if t.device.type != "cpu":
-            continue
-        if is_pinned_gather(t):
-            record("pin", name, "free: gathered straight into pinned memory", viewed=nbytes(t))
-        elif not loader.pin_memory:
-            continue
-        elif t.is_pinned():
-            record("pin", name, "DataLoader pin_memory=True: pin thread copied into pinned memory", copied=nbytes(t))
-        else:
-            record("pin", name, "skipped: no accelerator to pin for", viewed=nbytes(t))
+@contextmanager
+def _rng_untouched(loader: DataLoader[Any]) -> Iterator[None]:
+    """Every RNG a probe run may draw from is as it was before, afterwards."""
+    gens = _generators(loader)
+    states = [g.get_state() for g in gens]
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        for g, st in zip(gens, states, strict=True):
+            g.set_state(st)
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
@@ -117,7 +66,9 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
 
     The loader is rebuilt with the same dataset, sampler, collate_fn, workers and pinning, its
     sampler cut to ``batches`` batches, so the records of every batch produced (in worker
-    processes too) reach the report, and the user's loader and its workers are left untouched.
+    processes too) reach the report, and the user's loader and its workers are left untouched;
+    so are the global RNGs and the loader's and samplers' generators (a seeded run draws the
+    same order with or without a call to ``explain``).
 
     >>> import numpy as np
     >>> from torch.utils.data import DataLoader
@@ -130,7 +81,7 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
         raise ValueError(f"{batches=} should be >= 1")
     kwargs: dict[str, Any] = {
         "num_workers": loader.num_workers,
-        "collate_fn": _RecordingCollate(loader.collate_fn or default_collate),
+        "collate_fn": RecordingCollate(loader.collate_fn or default_collate),
         "pin_memory": loader.pin_memory,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
@@ -156,16 +107,18 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
         probe = DataLoader(loader.dataset, **kwargs)
 
     ledger = CopyLedger()
-    it = iter(probe)
-    try:
-        for item in itertools.islice(it, batches):
-            ledger.extend(item.records)
-            with capture() as main_records:
-                if threads:
-                    _record_threads(item.batch)
-                _record_pin(item.batch, loader)
-            ledger.extend(main_records)
-            ledger.batches += 1
-    finally:
-        del it
+    with _rng_untouched(loader):  # a seeded run's order is the same with or without explain()
+        it = iter(probe)
+        try:
+            for item in itertools.islice(it, batches):
+                assert isinstance(item, LedgerBatch)
+                ledger.extend(item.records)
+                with capture() as main_records:
+                    if threads:
+                        record_threads(item.batch)
+                    record_pin(item.batch, loader)
+                ledger.extend(main_records)
+                ledger.batches += 1
+        finally:
+            del it
     return ledger

@@ -101,7 +101,7 @@ def _inspect_arrow(path: str) -> SourceReport:
     from zcopy_data.datasets.arrow import ArrowDataset, open_ipc
     from zcopy_data.errors import UnsupportedColumnError
 
-    _, schema, batches = open_ipc(path)
+    _, schema, batches, _ = open_ipc(path)
     fields = []
     for name in schema.names:
         typ = schema.field(name).type

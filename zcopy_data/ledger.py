@@ -12,7 +12,33 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["LEDGER", "CopyLedger", "LedgerRow", "capture", "record"]
+__all__ = [
+    "CAST",
+    "COLLATE",
+    "CROSS",
+    "DECODE",
+    "LEDGER",
+    "PIN",
+    "TRANSFER",
+    "CopyLedger",
+    "LedgerRow",
+    "capture",
+    "record",
+]
+
+# The stages of a batch's path, in order: the only stage names records use.
+DECODE = "decode"
+"""A file's bytes decoded (Parquet / compressed IPC into a cache, images into a batch)."""
+COLLATE = "collate"
+"""A batch assembled: views, one gather, or one stack."""
+CROSS = "worker->main"
+"""A batch sent from a worker process (or thread) to the main process."""
+PIN = "pin"
+"""A batch moved into pinned (page-locked) host memory."""
+TRANSFER = "host->device"
+"""A batch copied to the accelerator."""
+CAST = "cast"
+"""A field's dtype changed, on the device."""
 
 Record = tuple[str, str, str, int, int]  # stage, field, reason, bytes_viewed, bytes_copied
 

@@ -19,29 +19,42 @@ Anything else -- per-sample datasets, a ``worker_init_fn``, a ``multiprocessing_
 collate other than :func:`zero_copy_collate`, ``worker_mode="processes"`` -- gets PyTorch's
 worker processes, where :mod:`zcopy_data.collate` still sends batches as handles and descriptors.
 
-With any worker count, index batches of PyTorch's sequential and random batch samplers and of
+With no workers and with gather threads, the loader iterates itself, on ``DataLoader``'s public
+attributes only (``dataset``, ``batch_sampler``, ``sampler``, ``collate_fn``, ``pin_memory``,
+``timeout``, ``prefetch_factor``, ``persistent_workers``, ``generator``), drawing the same seed
+from the same generator at the same moment as PyTorch's iterator, so a seeded run's order and
+RNG state are the same. Index batches of PyTorch's sequential and random batch samplers and of
 :class:`~zcopy_data.samplers.BlockShuffleSampler` are produced as int64 arrays, in the same order
-as the samplers' own lists (see :mod:`zcopy_data._index_batches`).
+as the samplers' own lists (see :mod:`zcopy_data._index_batches`). Worker processes and iterable
+datasets are PyTorch's own iterator, unchanged.
+
+Batches assembled in this process get the loader's own allocation (pinned with an accelerator,
+else a host pool sized for the look-ahead, freed with the loader), or the one a device stage
+hands down through :meth:`ZeroCopyDataLoader.host_batches`.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.pin_memory import pin_memory as _pin
-from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind, _SingleProcessDataLoaderIter
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_convert
 
+from zcopy_data._accelerator import accelerator
 from zcopy_data._index_batches import index_batches
+from zcopy_data._requests import BatchRequest
+from zcopy_data._tree import map_tensors
 from zcopy_data.collate import zero_copy_collate
-from zcopy_data.collate.buffers import keep_at_least
-from zcopy_data.datasets.base import BatchRequest, ZeroCopyDataset
+from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.memory.policy import Allocation, main_process_allocation
+from zcopy_data.memory.shared import PoolConfig
 
 __all__ = ["WorkerMode", "ZeroCopyDataLoader"]
 
@@ -59,6 +72,9 @@ class ZeroCopyDataLoader(DataLoader[Any]):
             :attr:`ZeroCopyDataset.threads_suffice`, the collate is :func:`zero_copy_collate` and
             no ``worker_init_fn`` / ``multiprocessing_context`` is given; processes otherwise),
             ``"threads"`` or ``"processes"``.
+
+    With ``batch_size=None`` (no batching) and no ``collate_fn``, samples are converted with
+    ``default_convert``, as ``DataLoader`` does.
 
     >>> import numpy as np
     >>> from zcopy_data import NumpyDataset
@@ -84,6 +100,9 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         if worker_mode not in _MODES:
             raise ValueError(f"worker_mode={worker_mode!r} should be one of {', '.join(map(repr, _MODES))}")
         self.worker_mode: WorkerMode = worker_mode  # before DataLoader's checks, which read it
+        if collate_fn is None:
+            batched = batch_size is not None or batch_sampler is not None
+            collate_fn = zero_copy_collate if batched else default_convert
         super().__init__(
             dataset,
             batch_size=batch_size,
@@ -91,9 +110,11 @@ class ZeroCopyDataLoader(DataLoader[Any]):
             sampler=sampler,
             batch_sampler=batch_sampler,
             num_workers=num_workers,
-            collate_fn=zero_copy_collate if collate_fn is None else collate_fn,
+            collate_fn=collate_fn,
             **kwargs,
         )
+        self._threads: _ThreadBatches | None = None  # the persistent gather threads, when kept
+        self._allocation: Allocation | None = None  # this loader's buffers, built at first use
         if worker_mode == "threads" and self.num_workers > 0:
             why = self._why_not_threads(strict=True)
             if why:
@@ -101,7 +122,7 @@ class ZeroCopyDataLoader(DataLoader[Any]):
 
     def _why_not_threads(self, strict: bool = False) -> str | None:
         """Why the workers must be processes (``None``: threads will do)."""
-        if self._dataset_kind != _DatasetKind.Map or not self._auto_collation:
+        if isinstance(self.dataset, IterableDataset) or self.batch_sampler is None:
             return "needs a map-style dataset and batches (batch_size or batch_sampler)"
         if self.worker_init_fn is not None:
             return "cannot run a worker_init_fn, which expects a worker process"
@@ -128,51 +149,127 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         if not self.uses_threads:
             super().check_worker_number_rationality()
 
-    def _get_iterator(self) -> _BaseDataLoaderIter:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self.host_batches()
+
+    def host_batches(self, allocation: Allocation | None = None) -> Iterator[Any]:
+        """One epoch of batches, assembled in this process with ``allocation`` (default: the loader's).
+
+        A device stage that copies every batch itself passes an exact-size pinned allocation
+        here. Worker processes and iterable datasets ignore it: their batches come from
+        PyTorch's own iterator (shared memory, sent as handles and descriptors).
+        """
+        if isinstance(self.dataset, IterableDataset) or (self.num_workers > 0 and not self.uses_threads):
+            if self.num_workers > 0:
+                PoolConfig.from_env()  # a bad ZCOPY_DATA_WORKER_SHM_* is reported here, naming it
+            return super().__iter__()
+        alloc = allocation if allocation is not None else self._own_allocation()
         if self.num_workers == 0:
-            return _SingleIter(self)
-        if self.uses_threads:
-            return _ThreadIter(self)
-        return super()._get_iterator()
+            return _Batches(self, alloc)
+        if self.persistent_workers and self._threads is not None:
+            self._threads.next_epoch(self, alloc)
+            return self._threads
+        threads = _ThreadBatches(self, alloc)
+        if self.persistent_workers:
+            self._threads = threads
+        return threads
+
+    def _own_allocation(self) -> Allocation:
+        if self._allocation is None:
+            ahead = self.num_workers * (self.prefetch_factor or 2) if self.uses_threads else 0
+            # in flight, plus the batch in use and the one before it (a for loop holds it)
+            self._allocation = main_process_allocation(per_shape=ahead + 4)
+        return self._allocation
 
 
 def _is_zero_copy_collate(fn: Any) -> bool:
-    """``zero_copy_collate``, or a wrapper of it that exposes it as ``.collate_fn`` (ledger recorders)."""
-    return fn is zero_copy_collate or getattr(fn, "collate_fn", None) is zero_copy_collate
+    """``zero_copy_collate``, a partial of it, or a wrapper exposing it as ``.collate_fn`` (recorders)."""
+    while fn is not None:
+        if fn is zero_copy_collate:
+            return True
+        fn = fn.func if isinstance(fn, functools.partial) else getattr(fn, "collate_fn", None)
+    return False
 
 
-def _indices_for(it: _BaseDataLoaderIter) -> Any:
-    # arrays only where the dataset takes them (ours do); anything else keeps the sampler's lists
-    if isinstance(it._dataset, ZeroCopyDataset) and it._auto_collation:
-        return index_batches(it._index_sampler)
-    return iter(it._index_sampler)
+def _profiling() -> bool:
+    # Not public: torch.autograd._profiler_enabled tells whether a profiler records. DataLoader's
+    # iterator labels each batch "enumerate(DataLoader)#...__next__" under a profiler; we do the
+    # same, and skip record_function's ~6 us per batch otherwise. tests/test_loader.py checks it.
+    return bool(torch.autograd._profiler_enabled())  # type: ignore[attr-defined]
 
 
-class _Unprofiled:
-    """``__next__`` without the profiler's ``record_function`` (~6 us a batch) unless it is recording."""
+def _draw_base_seed(loader: DataLoader[Any]) -> int:
+    """The seed ``DataLoader``'s iterator draws when it is created: the same draw, same generator."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item())
 
-    _dataset_kind: int
-    _num_yielded: int
-    _next_data: Callable[[], Any]
+
+def _pin_flag(loader: DataLoader[Any]) -> bool:
+    if loader.pin_memory and accelerator() is None:
+        warnings.warn(
+            "'pin_memory' argument is set as true but no accelerator is found, "
+            "then device pinned memory won't be used.",
+            stacklevel=4,
+        )
+    return bool(loader.pin_memory) and accelerator() is not None
+
+
+def _pin(data: Any) -> Any:
+    """``data`` with every host tensor in pinned memory (already pinned ones are kept)."""
+    return map_tensors(data, lambda _, t: t if t.is_pinned() or t.device.type != "cpu" else t.pin_memory())
+
+
+class _Batches(Iterator[Any]):
+    """One epoch without workers: indices, the dataset's batch, the collate, in this thread."""
+
+    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+        self._loader = loader
+        self._name = f"enumerate(DataLoader)#{type(self).__name__}.__next__"
+        self._indices = _indices_for(loader)
+        self._base_seed = _draw_base_seed(loader)
+        self._pin = _pin_flag(loader)
+        self._fetch = _fetcher(loader, allocation)
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._loader)
 
     def __next__(self) -> Any:
-        if self._dataset_kind != _DatasetKind.Map or torch.autograd._profiler_enabled():  # type: ignore[attr-defined]
-            return super().__next__()  # type: ignore[misc]
-        data = self._next_data()
-        self._num_yielded += 1
-        return data
+        if _profiling():
+            with torch.autograd.profiler.record_function(self._name):
+                return self._next()
+        return self._next()
+
+    def _next(self) -> Any:
+        data = self._fetch(next(self._indices))
+        return _pin(data) if self._pin else data
 
 
-class _SingleIter(_Unprofiled, _SingleProcessDataLoaderIter):
-    """PyTorch's single-process iterator, with index batches as arrays where possible."""
+def _indices_for(loader: DataLoader[Any]) -> Iterator[Any]:
+    """Index batches (int64 arrays where the dataset takes them, as ours do), or single indices."""
+    if loader.batch_sampler is None:
+        return iter(loader.sampler)
+    if isinstance(loader.dataset, ZeroCopyDataset):
+        return index_batches(loader.batch_sampler)
+    return iter(loader.batch_sampler)
 
-    def __init__(self, loader: ZeroCopyDataLoader) -> None:
-        super().__init__(loader)
-        self._sampler_iter = _indices_for(self)
 
-    def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        super()._reset(loader, first_iter)
-        self._sampler_iter = _indices_for(self)
+def _collate_for(loader: DataLoader[Any], allocation: Allocation) -> Callable[[Any], Any]:
+    fn: Callable[..., Any] = loader.collate_fn
+    return functools.partial(fn, allocation=allocation) if _is_zero_copy_collate(fn) else fn
+
+
+def _fetcher(loader: DataLoader[Any], allocation: Allocation) -> Callable[[Any], Any]:
+    """What ``DataLoader`` does with one index batch of a map-style dataset: fetch, then collate."""
+    dataset: Any = loader.dataset
+    collate = _collate_for(loader, allocation)
+    if loader.batch_sampler is None:
+        return lambda index: collate(dataset[index])
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems:
+        return lambda index: collate(getitems(index))
+    return lambda index: collate([dataset[i] for i in index])
 
 
 class _Failed:
@@ -184,43 +281,61 @@ class _Failed:
         self.error = error
 
 
-class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
+class _ThreadBatches(Iterator[Any]):
     """``num_workers`` gather threads, ``num_workers * prefetch_factor`` batches ahead, in order."""
 
-    def __init__(self, loader: ZeroCopyDataLoader) -> None:
-        super().__init__(loader)
-        self._fetcher = _DatasetKind.create_fetcher(  # type: ignore[no-untyped-call]
-            self._dataset_kind, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
-        )
+    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+        # no reference to the loader: a loader keeps its persistent threads, so that would be a
+        # cycle, and the threads would outlive a dropped loader until the next garbage collection
+        self._name = f"enumerate(DataLoader)#{type(self).__name__}.__next__"
+        self._dataset: Any = loader.dataset
+        self._num_workers = loader.num_workers
+        self._timeout = loader.timeout
+        self._persistent = loader.persistent_workers
         self._ahead = self._num_workers * (loader.prefetch_factor or 2)
         self._lookahead = max(4 * self._ahead, 32)
-        self._gathers = 0  # futures in _pending
-        self._views = 0.0  # running share of views among recent batches
-        keep_at_least(self._ahead + 2)  # in flight, plus the batch in use and the one before it
+        self._pin = _pin_flag(loader)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future[Any] | BatchRequest | _Failed] = deque()
-        self._exhausted = False
-        self._sampler_iter = _indices_for(self)
         # only zero_copy_collate's own requests are known to be views before they are built
-        self._inline = _is_zero_copy_collate(self._collate_fn) and isinstance(self._dataset, ZeroCopyDataset)
+        self._inline = _is_zero_copy_collate(loader.collate_fn) and isinstance(self._dataset, ZeroCopyDataset)
+        self._base_seed = _draw_base_seed(loader)
+        self._start(loader, allocation)
 
-    def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        super()._reset(loader, first_iter)
-        self._sampler_iter = _indices_for(self)
-        for item in self._pending:  # batches of an epoch that was left early
-            if isinstance(item, Future):
-                item.cancel()
-        self._pending.clear()
-        self._gathers = 0
+    def _start(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+        # what len(DataLoader) measures for a map-style dataset, asked only when len() is
+        self._index_source: Any = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        self._indices = _indices_for(loader)
+        self._fetch = _fetcher(loader, allocation)
+        self._collate_fn = _collate_for(loader, allocation)
+        self._gathers = 0  # futures in _pending
+        self._views = 0.0  # running share of views among recent batches
         self._exhausted = False
+
+    def next_epoch(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+        """Persistent workers: the same threads, the next epoch's indices (no new seed drawn)."""
+        self._cancel_pending()
+        self._start(loader, allocation)
+
+    def __iter__(self) -> _ThreadBatches:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index_source)
+
+    def __next__(self) -> Any:
+        if _profiling():
+            with torch.autograd.profiler.record_function(self._name):
+                return self._next_data()
+        return self._next_data()
 
     def _build(self, index: Any) -> Any:
-        data = self._fetcher.fetch(index)
-        return _pin(data, self._pin_memory_device) if self._pin_memory else data  # type: ignore[no-untyped-call]
+        data = self._fetch(index)
+        return _pin(data) if self._pin else data
 
     def _collate(self, request: BatchRequest) -> Any:
-        data = self._collate_fn(request)  # type: ignore[arg-type]
-        return _pin(data, self._pin_memory_device) if self._pin_memory else data  # type: ignore[no-untyped-call]
+        data = self._collate_fn(request)
+        return _pin(data) if self._pin else data
 
     def _submit(self, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
         if self._pool is None:
@@ -237,7 +352,7 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
         pending = self._pending
         while self._gathers < self._ahead and len(pending) < self._lookahead:
             try:
-                index = self._next_index()  # type: ignore[no-untyped-call]
+                index = next(self._indices)
             except StopIteration:
                 self._exhausted = True
                 return
@@ -259,7 +374,7 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
         if not self._exhausted:
             self._fill()
         if not self._pending:
-            if not self._persistent_workers:
+            if not self._persistent:
                 self._shutdown()
             raise StopIteration
         item = self._pending.popleft()
@@ -279,7 +394,7 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
     def _next_in_turn(self) -> Any:
         """Mostly views and nothing in flight: build the next batch here, exactly as without workers."""
         try:
-            index = self._next_index()  # type: ignore[no-untyped-call]
+            index = next(self._indices)
         except StopIteration:
             self._exhausted = True
             return self._next_data()
@@ -288,21 +403,27 @@ class _ThreadIter(_Unprofiled, _BaseDataLoaderIter):
 
     def _request(self, index: Any) -> tuple[Any, bool]:
         """The dataset's request for ``index``, whether it is a view, and the running share of views."""
-        request = self._dataset.__getitems__(index)  # type: ignore[attr-defined]
+        request = self._dataset.__getitems__(index)
         view = isinstance(request, BatchRequest) and request.is_view()
         self._views = 0.9 * self._views + (0.1 if view else 0.0)
         return request, view
 
-    def _shutdown(self) -> None:
-        for item in self._pending:
+    def _cancel_pending(self) -> None:
+        for item in self._pending:  # batches of an epoch that was left early
             if isinstance(item, Future):
                 item.cancel()
         self._pending.clear()
         self._gathers = 0
+
+    def _shutdown(self) -> None:
+        self._cancel_pending()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     def __del__(self) -> None:
-        if not sys.is_finalizing() and hasattr(self, "_gathers"):  # at exit, concurrent.futures joins its threads
+        # an epoch left early (or a loader dropped with persistent threads): the threads go too;
+        # at interpreter exit concurrent.futures joins them itself
+        if not sys.is_finalizing() and hasattr(self, "_gathers"):
             self._shutdown()
+

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from zcopy_data._dtypes import dtype_name, to_torch_dtype
 from zcopy_data.errors import DtypeDriftError, SchemaError, ShapeMismatchError, describe
 
-__all__ = ["Field", "Schema", "value_spec"]
+__all__ = ["Field", "Schema", "schema_of", "value_spec"]
 
 Shape = tuple[int | None, ...]
 
@@ -230,3 +231,44 @@ def sample_items(sample: Any) -> list[tuple[str, Any]]:
     if isinstance(sample, (tuple, list)):
         return [(str(i), v) for i, v in enumerate(sample)]
     return [("0", sample)]
+
+
+def schema_of(obj: Any, *, from_sample: bool = True) -> Schema | None:
+    """The schema of a loader (its dataset's), a dataset, or a schema; ``None`` when unknowable.
+
+    A dataset's own ``schema`` (a :class:`~zcopy_data.ZeroCopyDataset` declares or freezes one)
+    comes first. A loader -- anything with a ``dataset`` that is not itself indexable, or a
+    wrapper with a ``loader`` -- gives its dataset's. Any other map-style dataset gives a schema
+    frozen from sample 0 when ``from_sample`` (dict keys, or ``"0"``, ``"1"``, ... for tuples).
+    Iterable datasets, and samples that are not arrays or numbers, have none that can be known
+    up front.
+
+    >>> import numpy as np
+    >>> from zcopy_data import NumpyDataset
+    >>> schema_of(NumpyDataset({"x": np.zeros((4, 2), np.float32)}))
+    Schema({'x': float32[2]})
+    """
+    if obj is None or isinstance(obj, Schema):
+        return obj
+    if isinstance(obj, IterableDataset):
+        return None
+    try:
+        declared = getattr(obj, "schema", None)
+    except SchemaError:
+        return None  # a dataset that says it cannot know its schema
+    if isinstance(declared, Schema):
+        return declared
+    indexable = hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
+    if not indexable:
+        for inner in ("dataset", "loader"):
+            if hasattr(obj, inner):
+                return schema_of(getattr(obj, inner), from_sample=from_sample)
+        return None
+    if not from_sample:
+        return None
+    try:
+        if len(obj) == 0:
+            return None
+        return Schema.from_sample(obj[0])
+    except (SchemaError, TypeError, NotImplementedError, KeyError, IndexError):
+        return None

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from tests.reliability.support import ROOT, consume
 from zcopy_data import NumpyDataset, ZeroCopyError, zero_copy_collate
-from zcopy_data.collate.shared import SharedMemoryExhaustedError
+from zcopy_data.memory.shared import SharedMemoryExhaustedError
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain, zero_copy_collate
-from zcopy_data.collate.buffers import allocate_host
 from zcopy_data.ledger import capture
+from zcopy_data.memory.pinned import ALIGN, PAGE, is_pinned_gather, is_pool_memory
+from zcopy_data.memory.policy import PINNED, ExactPinnedAllocation, HostAllocation
 from zcopy_data.transfer import Cast, DevicePrefetcher, PinnedBufferPool, to_device
 from zcopy_data.transfer._streams import on_stream, side_stream
-from zcopy_data.transfer.pinned import ALIGN, PAGE, is_pinned_gather, is_pool_memory
 
 pytestmark = pytest.mark.cuda
 
@@ -116,22 +116,20 @@ def test_inside_the_prefetcher_gathers_use_exact_buffers_and_nothing_is_staged()
     pins = [r for r in records if r[0] == "pin"]
     assert len(pins) == 16 and all(r[2].startswith("free") and r[4] == 0 for r in pins)
 
-    exact = []
-
-    def produce():
-        for k in range(4):
-            x = allocate_host((1000,), torch.int32)
-            exact.append(is_pool_memory(x) and x.is_pinned())
-            yield {"x": x.fill_(k)}
-
-    got = [int(b["x"][0]) for b in DevicePrefetcher(produce(), "cuda")]
-    assert got == [0, 1, 2, 3] and exact == [True] * 4
+    # a loader that offers host_batches() is handed the prefetcher's exact pinned allocation
+    g = torch.Generator().manual_seed(3)
+    zpf = DevicePrefetcher(ZeroCopyDataLoader(_dataset(), batch_size=32, shuffle=True, generator=g), "cuda")
+    labels = torch.cat([b["label"].cpu() for b in zpf])
+    assert sorted(labels.tolist()) == list(range(256))
+    assert isinstance(zpf.allocation, ExactPinnedAllocation) and zpf.allocation.pool.nbytes > 0
+    x = zpf.allocation((1000,), torch.int32)
+    assert is_pool_memory(x) and x.is_pinned()
 
 
 def test_gathers_outside_a_device_stage_survive_a_users_own_non_blocking_copies():
     n, outs = 1 << 20, []
     for k in range(32):
-        x = allocate_host((n,), torch.int32)  # PyTorch's pinned allocator: it guards its blocks by events
+        x = PINNED((n,), torch.int32)  # PyTorch's pinned allocator: it guards its blocks by events
         assert x.is_pinned() and not is_pool_memory(x)
         x.fill_(k)
         torch.cuda._sleep(SLEEP_CYCLES)  # the copy below starts late
@@ -171,7 +169,7 @@ def test_a_producer_rewriting_buffers_as_fast_as_it_can_never_corrupts_a_batch(s
     def produce():
         for k in range(batches):
             if source == "pinned-gathers":
-                x = allocate_host((n,), torch.int32)  # the buffer a gather in the main process writes into
+                x = PINNED((n,), torch.int32)  # the buffer a gather in the main process writes into
             else:
                 x = torch.empty(n, dtype=torch.int32)  # staged through the prefetcher's pinned pool
             x.fill_(k)
@@ -265,11 +263,8 @@ def test_pinning_inside_a_worker_is_refused_before_touching_the_device():
 
 
 def test_pinned_gathers_can_be_turned_off():
-    from zcopy_data.transfer import set_pinned_gathers
-
-    set_pinned_gathers(False)
-    try:
-        assert not allocate_host((16,), torch.uint8).is_pinned()
-    finally:
-        set_pinned_gathers(True)
-    assert allocate_host((16,), torch.uint8).is_pinned()
+    # the policy is handed down: a plain host allocation gathers into pageable memory
+    g = torch.Generator().manual_seed(3)
+    loader = ZeroCopyDataLoader(_dataset(), batch_size=32, shuffle=True, generator=g)
+    assert not next(iter(loader.host_batches(HostAllocation())))["image"].is_pinned()
+    assert next(iter(loader))["image"].is_pinned()

@@ -129,7 +129,7 @@ def test_cpu_ledger_says_pinning_was_skipped():
 
 def test_unpinned_batches_are_staged_into_exact_pool_slots():
     """The staging step of the accelerator path, run on host memory (the pool is unpinned here)."""
-    from zcopy_data.transfer.pinned import is_pool_memory
+    from zcopy_data.memory.pinned import is_pool_memory
 
     pf = DevicePrefetcher([], "cpu", depth=2)
     full = {"image": torch.randint(0, 255, (8, 3, 2, 2), dtype=torch.uint8), "label": torch.arange(8), "tag": "a"}

@@ -1,4 +1,4 @@
-"""Collating batches: views, one gather, or one stack into a buffer that knows where it goes."""
+"""Collating batches: views, one gather, or one stack into a buffer of the allocation handed down."""
 
 from zcopy_data.collate.collate import zero_copy_collate
 

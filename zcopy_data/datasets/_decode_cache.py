@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from zcopy_data.errors import CorruptFileError
-from zcopy_data.ledger import record
+from zcopy_data.ledger import DECODE, record
 
 __all__ = ["PROGRESS_MIN_BYTES", "cache_status", "check_parquet_footer", "decoded_cache", "default_cache_dir"]
 
@@ -228,7 +228,7 @@ def decoded_cache(
     meta_path.write_text(json.dumps({"stamp": stamp, "cache_size": data_path.stat().st_size, "columns": cols}))
     what = "Parquet" if kind == "parquet" else "compressed IPC"
     for name, n in decoded.items():
-        record("decode", name, f"{what} decoded once into the IPC cache {data_path.name}", copied=n)
+        record(DECODE, name, f"{what} decoded once into the IPC cache {data_path.name}", copied=n)
     return str(data_path), False
 
 

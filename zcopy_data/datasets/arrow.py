@@ -21,20 +21,21 @@ import pyarrow as pa
 import torch
 
 from zcopy_data._dtypes import to_torch_dtype
-from zcopy_data._mapping import file_array
-from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, identity_of
+from zcopy_data._requests import Indices, Run
+from zcopy_data._storage import nbytes
 from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, UnsupportedColumnError
-from zcopy_data.ledger import record
+from zcopy_data.ledger import COLLATE, record
+from zcopy_data.memory.gather import take_rows
+from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Field, Schema
 
 __all__ = ["ArrowDataset", "default_cache_dir", "open_ipc"]
 
-STAGE = "collate"
-_SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 _MAGIC = {
     b"PAR1": "a Parquet file; use ArrowDataset.from_parquet(path)",
     b"FEA1": "a Feather v1 file; rewrite it as Feather v2 (pyarrow.feather.write_feather(table, path, version=2))",
@@ -42,21 +43,29 @@ _MAGIC = {
 }
 
 
-def _map_file(path: str) -> np.ndarray[Any, Any]:
+def _map_file(path: str, identity: FileIdentity | None) -> tuple[np.ndarray[Any, Any], FileIdentity]:
     try:
-        size = os.path.getsize(path)
+        found = identity_of(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such Arrow file: {path!r}") from None
     if os.path.isdir(path):
         raise CorruptFileError(f"{path!r} is a directory, not an Arrow IPC file")
-    if size < 8:
-        raise CorruptFileError(f"{path!r}: {size} bytes is too short for an Arrow IPC file (truncated?)")
-    return file_array(path, 0, (size,), np.dtype(np.uint8))
+    if not os.path.isfile(path):
+        raise CorruptFileError(f"{path!r} is not a regular file (a FIFO, device or socket); only files are read")
+    if found.size < 8:
+        raise CorruptFileError(f"{path!r}: {found.size} bytes is too short for an Arrow IPC file (truncated?)")
+    identity = identity or found
+    return file_array(path, 0, (identity.size,), np.dtype(np.uint8), identity=identity, shared=False), identity
 
 
-def open_ipc(path: str) -> tuple[np.ndarray[Any, Any], pa.Schema, list[pa.RecordBatch]]:
-    """Map ``path`` copy-on-write and read its record batches (file or stream format) from the mapping."""
-    mapped = _map_file(path)
+def open_ipc(
+    path: str, identity: FileIdentity | None = None
+) -> tuple[np.ndarray[Any, Any], pa.Schema, list[pa.RecordBatch], FileIdentity]:
+    """Map ``path`` copy-on-write and read its record batches (file or stream format) from the mapping.
+
+    ``identity``: the file the dataset was built on (a different one raises ``FileChangedError``).
+    """
+    mapped, identity = _map_file(path, identity)
     head = bytes(mapped[:6])
     buf = pa.py_buffer(mapped)
     # Native byte order is not forced: a big-endian file stays in the mapping and is refused below,
@@ -78,7 +87,7 @@ def open_ipc(path: str) -> tuple[np.ndarray[Any, Any], pa.Schema, list[pa.Record
         raise CorruptFileError(
             f"{path!r}: cannot read it as an Arrow IPC file ({err}); the file is truncated or corrupt, write it again"
         ) from None
-    return mapped, reader.schema, batches
+    return mapped, reader.schema, batches, identity
 
 
 def _buffers_outside(batch: pa.RecordBatch, base: int, size: int) -> bool:
@@ -184,6 +193,7 @@ class ArrowDataset(ZeroCopyDataset):
         self.origin = "IPC file"
         self.source = self.path
         self.cache_reused: bool | None = None
+        self._identity: FileIdentity | None = None  # taken once, at the first open: every process serves it
         self._open()
 
     @classmethod
@@ -247,7 +257,7 @@ class ArrowDataset(ZeroCopyDataset):
 
     # -- opening ----------------------------------------------------------------------------
     def _open(self) -> None:
-        mapped, schema, batches = open_ipc(self.path)
+        mapped, schema, batches, self._identity = open_ipc(self.path, self._identity)
         names = schema.names
         wanted = names if self._selected is None else self._selected
         missing = [c for c in wanted if c not in names]
@@ -325,7 +335,12 @@ class ArrowDataset(ZeroCopyDataset):
         """Views and ``index_select`` over the mapping release the GIL; string columns as lists do not."""
         return not self._text
 
-    def batch_is_view(self, run: tuple[int, int] | None) -> bool:
+    def check_sources(self) -> None:
+        """The file is still the one the dataset was built on (one ``stat`` per batch)."""
+        if self._identity is not None:
+            check_unchanged(self.path, self._identity)
+
+    def batch_is_view(self, run: Run | None) -> bool:
         """A contiguous run inside one record batch, with no string column, is a view."""
         if run is None or self.copy or self._text or run[0] >= run[1]:
             return False
@@ -346,15 +361,16 @@ class ArrowDataset(ZeroCopyDataset):
         out.update((name, col.item(i)) for name, col in self._text.items())
         return {name: out[name] for name in self._order}
 
-    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
+    def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         """One view when ``run`` lies inside one record batch, else one gather per field."""
-        out = self._gather_tensors(indices, run)
+        self.check_sources()
+        out = self._gather_tensors(indices, run, allocation)
         if not self._text:
             return out
-        out.update((name, col.take(indices, STAGE, self.origin)) for name, col in self._text.items())
+        out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
         return {name: out[name] for name in self._order}
 
-    def _gather_tensors(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, Any]:
+    def _gather_tensors(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         starts = self._starts
         out = {}
         if indices.size == 0:
@@ -365,7 +381,7 @@ class ArrowDataset(ZeroCopyDataset):
                 why = f"view: indices contiguous in one record batch of the {self.origin}"
                 for name, chunks in self._views.items():
                     t = torch.from_numpy(chunks[c][k : k + run[1] - run[0]])
-                    record(STAGE, name, why, viewed=nbytes(t))
+                    record(COLLATE, name, why, viewed=nbytes(t))
                     out[name] = t
                 return out
         if self.copy and run is not None:
@@ -379,13 +395,8 @@ class ArrowDataset(ZeroCopyDataset):
         for name, (src, first, step) in self._gather_sources().items():
             rows = local * step if step != 1 else local.copy()
             rows += first[0] if chunk is None else first[chunk]
-            buf = allocate((indices.size, *src.shape[1:]), src.dtype)
-            bits = _SAME_BITS.get(src.dtype)  # index_select lacks the wide unsigned types: move the same bits
-            if bits is None:
-                torch.index_select(src, 0, torch.from_numpy(rows), out=buf)
-            else:
-                torch.index_select(src.view(bits), 0, torch.from_numpy(rows), out=buf.view(bits))
-            record(STAGE, name, why, copied=nbytes(buf))
+            buf = take_rows(src, torch.from_numpy(rows), allocation)
+            record(COLLATE, name, why, copied=nbytes(buf))
             out[name] = buf
         return out
 

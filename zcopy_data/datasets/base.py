@@ -9,6 +9,9 @@ Two ways to subclass:
 * **per-sample** — implement ``__getitem__`` (a dict or tuple of arrays, tensors or numbers) and
   ``__len__``. The collate stacks each field with exactly one copy into one output buffer.
 
+Sources that are neither (chunked files, images decoded into the batch) override
+:meth:`ZeroCopyDataset.build_batch`, the one hook the collate calls for a batch request.
+
 The schema is ``schema`` when the subclass declares it (class attribute or ``self.schema = ...``),
 otherwise it is frozen from the columns, or from sample 0, the first time it is needed: the same
 in every worker process. Declared schemas are checked against the columns once, at that moment.
@@ -16,7 +19,6 @@ in every worker process. Declared schemas are checked against the columns once, 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -24,11 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zcopy_data._mapping import register_file_array
+from zcopy_data._requests import BatchRequest, Indices, Run, SampleBatch, as_index, contiguous_run
 from zcopy_data.errors import SampleIndexError, SchemaError, describe
+from zcopy_data.memory.gather import gather_fields
+from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Schema
 from zcopy_data.strict import strict_asarray
 
-__all__ = ["BatchRequest", "SampleBatch", "ZeroCopyDataset"]
+__all__ = ["BatchRequest", "SampleBatch", "ZeroCopyDataset", "as_index", "contiguous_run"]
 
 
 class ZeroCopyDataset(Dataset[Any]):
@@ -58,15 +64,34 @@ class ZeroCopyDataset(Dataset[Any]):
         """Columnar subclasses return ``field -> array`` (first axis = sample index)."""
         raise NotImplementedError
 
-    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, torch.Tensor]:
-        """Advanced hook for sources that are neither plain columns nor per-sample: build a batch.
+    def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, torch.Tensor]:
+        """Build the batch of ``indices``: what :func:`~zcopy_data.zero_copy_collate` calls.
 
-        ``indices`` are validated int64 dataset indices, ``run`` is ``(start, stop)`` when they are
-        contiguous. Allocate outputs with :func:`zcopy_data.collate.buffers.allocate` (shared memory
-        inside a worker) and count every byte with :func:`zcopy_data.ledger.record`. Chunked
-        Arrow files and images decoded straight into the batch buffer use it.
+        ``indices`` are validated int64 dataset indices, ``run`` is ``(start, stop)`` when they
+        are one contiguous ascending run, ``allocation`` makes output buffers of the kind the
+        batch's consumer needs (shared memory inside a worker, pinned memory for a device...).
+        The default, for columnar datasets, is a view of every column for a run and one gather
+        per field otherwise (:mod:`zcopy_data.memory.gather`). Sources that are neither columns
+        nor per-sample (chunked Arrow files, images decoded into the batch) override it, allocate
+        every output with ``allocation`` and count every byte with :func:`zcopy_data.ledger.record`.
         """
-        raise NotImplementedError
+        if not self.is_columnar:
+            raise NotImplementedError(f"{type(self).__name__} must implement columns() or build_batch()")
+        self.check_sources()
+        view = self.batch_is_view(run)
+        return gather_fields(
+            self.column_tensors(),
+            torch.from_numpy(indices),
+            run if view else None,
+            allocation,
+            gather_why="gather: copy=True" if self.copy and run is not None else "gather: indices not contiguous",
+        )
+
+    def check_sources(self) -> None:
+        """Called before each batch is built: raise when a source changed underneath (default: nothing).
+
+        File-backed datasets check here that their files are still the ones they were built on.
+        """
 
     @property
     def is_columnar(self) -> bool:
@@ -75,8 +100,8 @@ class ZeroCopyDataset(Dataset[Any]):
 
     @property
     def gathers_batches(self) -> bool:
-        """True when the subclass overrides ``gather_batch()``."""
-        return type(self).gather_batch is not ZeroCopyDataset.gather_batch
+        """True when the subclass overrides ``build_batch()`` (its batches are not plain column views)."""
+        return type(self).build_batch is not ZeroCopyDataset.build_batch
 
     @property
     def threads_suffice(self) -> bool:
@@ -84,11 +109,11 @@ class ZeroCopyDataset(Dataset[Any]):
 
         :class:`~zcopy_data.ZeroCopyDataLoader` then runs its workers as threads in this
         process: as parallel as processes for such work, with nothing to send between processes.
-        True for columnar datasets; a ``gather_batch`` subclass says so by overriding this.
+        True for columnar datasets; a ``build_batch`` subclass says so by overriding this.
         """
         return self.is_columnar and not self.gathers_batches
 
-    def batch_is_view(self, run: tuple[int, int] | None) -> bool:
+    def batch_is_view(self, run: Run | None) -> bool:
         """Whether a batch of the contiguous run ``(start, stop)`` is a view, built without a copy."""
         return run is not None and self.is_columnar and not self.gathers_batches and not self.copy
 
@@ -168,6 +193,7 @@ class ZeroCopyDataset(Dataset[Any]):
                 raise SchemaError(f"field {name!r}: a column needs a sample axis, found a 0-d array", field=name)
             if isinstance(col, np.ndarray):
                 strict_asarray(col[:0], field=name)  # a bad dtype or byte order is reported here, once
+                register_file_array(col)  # a column over a np.memmap crosses from workers as descriptors
             n = int(col.shape[0])
             if length is None:
                 length, first = n, name
@@ -180,7 +206,7 @@ class ZeroCopyDataset(Dataset[Any]):
         self.__dict__["_zc_cols"] = cols
         return cols
 
-    def _zc_tensors(self) -> dict[str, torch.Tensor]:
+    def column_tensors(self) -> dict[str, torch.Tensor]:
         """Whole columns as tensors over the same memory (the gather source), cached per process."""
         cache = self.__dict__.get("_zc_tens")
         if cache is None:
@@ -207,8 +233,9 @@ class ZeroCopyDataset(Dataset[Any]):
         """Called by ``DataLoader`` with a whole batch of indices (PyTorch >= 2.1)."""
         if self.is_columnar or self.gathers_batches:
             return BatchRequest(self, indices)
-        samples = SampleBatch(self[i] for i in indices)
-        samples.indices = list(indices)
+        given = indices.tolist() if isinstance(indices, np.ndarray) else list(indices)  # ints, as PyTorch passes
+        samples = SampleBatch(self[i] for i in given)
+        samples.indices = given
         samples.schema = self._zc_schema_or_none()
         return samples
 
@@ -217,123 +244,3 @@ class ZeroCopyDataset(Dataset[Any]):
         return {k: v for k, v in self.__dict__.items() if k not in ("_zc_cols", "_zc_tens", "_zc_schema")}
 
 
-class SampleBatch(list):  # type: ignore[type-arg]
-    """A list of per-sample results that also knows their dataset indices (for error messages).
-
-    It *is* a list, so ``default_collate`` accepts it unchanged.
-    """
-
-    indices: list[int] | None = None
-    schema: Schema | None = None
-
-
-class BatchRequest(Sequence[Any]):
-    """A batch of a columnar dataset, not yet materialised: the dataset and the indices.
-
-    ``zero_copy_collate`` turns it into views or one gather per field. It is also a lazy
-    sequence of samples, so ``default_collate`` accepts it too (at per-sample cost).
-    """
-
-    __slots__ = ("_resolved", "dataset", "indices")
-
-    def __init__(self, dataset: ZeroCopyDataset, indices: Sequence[int]) -> None:
-        self.dataset = dataset
-        self.indices = indices
-        self._resolved: tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        return self.dataset[self.indices[i]]
-
-    def resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
-        """The indices as int64 (negatives resolved, range checked once for the whole batch),
-        and ``(start, stop)`` when they are one contiguous ascending run."""
-        if self._resolved is None:
-            self._resolved = self._resolve()
-        return self._resolved
-
-    def is_view(self) -> bool:
-        """Whether this batch will be a view of the source (no copy)."""
-        return self.dataset.batch_is_view(self.resolve()[1])
-
-    def _resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
-        given: Any = self.indices
-        if type(given) is np.ndarray and given.dtype == np.int64 and given.ndim == 1:
-            return self._check(given)  # index batches of ZeroCopyDataLoader's samplers
-        try:
-            raw = np.asarray(given)
-        except (TypeError, ValueError, OverflowError):
-            raise SampleIndexError(
-                f"indices must be integers, found {type(self.indices).__name__} {list(self.indices)[:4]}..."
-            ) from None
-        if raw.size and raw.dtype.kind not in "iu":
-            # Floats would be truncated and bools read as 0/1 (NumPy would read them as a mask):
-            # either way a silently different batch. Python ints beyond int64 arrive as objects.
-            big = raw.dtype.kind == "O" and all(isinstance(i, int) and not isinstance(i, bool) for i in raw.flat)
-            shown = list(self.indices)[:4]
-            raise SampleIndexError(
-                f"indices {shown}... are out of range for a dataset of {len(self.dataset)} samples; check the sampler"
-                if big
-                else f"indices must be integers, found {raw.dtype} {shown}...; check the sampler"
-            )
-        if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
-            raise SampleIndexError(
-                f"index {int(raw.max())} is out of range for a dataset of {len(self.dataset)} samples; "
-                "check the sampler",
-                index=int(raw.max()),
-            )
-        idx = raw.astype(np.int64, copy=False)
-        if idx.ndim != 1:
-            raise SampleIndexError(f"a batch of indices must be 1-D, found shape {idx.shape}")
-        return self._check(idx)
-
-    def _check(
-        self, idx: np.ndarray[Any, np.dtype[np.int64]]
-    ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
-        n = len(self.dataset)
-        k = idx.size
-        if k == 0:
-            return idx, None
-        first, last = int(idx[0]), int(idx[-1])
-        if 0 <= first and last < n and last - first == k - 1 and (k == 1 or bool((np.diff(idx) == 1).all())):
-            return idx, (first, last + 1)  # the common sequential case: no min/max pass
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < -n or hi >= n:
-            pos = int(np.flatnonzero((idx < -n) | (idx >= n))[0])
-            raise SampleIndexError(
-                f"index {int(idx[pos])} (position {pos} in the batch) is out of range for a dataset "
-                f"of {n} samples; check the sampler",
-                index=int(idx[pos]),
-            )
-        if lo < 0:
-            idx = np.where(idx < 0, idx + n, idx)
-            return idx, contiguous_run(idx)
-        return idx, None
-
-    def __repr__(self) -> str:
-        return f"BatchRequest({type(self.dataset).__name__}, {len(self)} indices)"
-
-
-def as_index(index: Any) -> int:
-    """``index`` as an int; floats, bools and strings are refused rather than truncated or parsed."""
-    if isinstance(index, (bool, np.bool_)) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
-        raise SampleIndexError(f"index must be an integer, found {type(index).__name__} {index!r}")
-    try:
-        return operator.index(index)
-    except TypeError:
-        raise SampleIndexError(f"index must be an integer, found {type(index).__name__} {index!r}") from None
-
-
-def contiguous_run(idx: np.ndarray[Any, Any]) -> tuple[int, int] | None:
-    """``(start, stop)`` when ``idx`` is ``start, start+1, ..., stop-1``; else ``None``."""
-    n = idx.size
-    if n == 0:
-        return None
-    start = int(idx[0])
-    if int(idx[-1]) - start != n - 1:
-        return None
-    if n > 1 and not bool((np.diff(idx) == 1).all()):
-        return None
-    return start, start + n

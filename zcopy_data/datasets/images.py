@@ -18,12 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zcopy_data.collate.buffers import allocate, nbytes
+from zcopy_data._requests import Indices, Run
+from zcopy_data._storage import nbytes
 from zcopy_data.datasets._image_decode import decode_into
 from zcopy_data.datasets._image_files import IMG_EXTENSIONS, scan_folder
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, SkippedFileWarning
-from zcopy_data.ledger import record
+from zcopy_data.ledger import COLLATE, DECODE, record
+from zcopy_data.memory.gather import take_rows
+from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Field, Schema
 
 __all__ = ["ImageFolderDataset"]
@@ -173,9 +176,9 @@ class ImageFolderDataset(ZeroCopyDataset):
                 raise
             return pos, err
 
-    def gather_batch(self, indices: np.ndarray[Any, Any], run: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, torch.Tensor]:
         """Decode each image of the batch straight into its slot of one output buffer."""
-        images = allocate((indices.size, *self._shape), torch.uint8)
+        images = allocation((indices.size, *self._shape), torch.uint8)
         slots = images.numpy()
         jobs = [(pos, self.files[i], slots[pos]) for pos, i in enumerate(indices.tolist())]
         if self.threads > 1 and len(jobs) > 1:
@@ -194,25 +197,23 @@ class ImageFolderDataset(ZeroCopyDataset):
             ok = np.ones(indices.size, dtype=bool)
             ok[[pos for pos, _ in failed]] = False
             keep = indices[ok]
-            compact = allocate((keep.size, *self._shape), torch.uint8)
-            torch.index_select(images, 0, torch.from_numpy(np.flatnonzero(ok)), out=compact)
-            record("collate", "image", "gather: compact the batch around skipped files", copied=nbytes(compact))
+            compact = take_rows(images, torch.from_numpy(np.flatnonzero(ok)), allocation)
+            record(COLLATE, "image", "gather: compact the batch around skipped files", copied=nbytes(compact))
             images, run = compact, None
         how = "one copy into the batch slot" if copies == 1 else "Pillow packs RGB, then one copy into the slot"
-        record("decode", "image", f"decode: Pillow decode + resize, {how}", copied=copies * nbytes(images))
+        record(DECODE, "image", f"decode: Pillow decode + resize, {how}", copied=copies * nbytes(images))
         if run is not None:
             labels = torch.from_numpy(self._labels[run[0] : run[1]])
-            record("collate", "label", "view: indices contiguous", viewed=nbytes(labels))
+            record(COLLATE, "label", "view: indices contiguous", viewed=nbytes(labels))
         else:
-            labels = allocate((keep.size,), torch.int64)
-            torch.index_select(torch.from_numpy(self._labels), 0, torch.from_numpy(keep), out=labels)
-            record("collate", "label", "gather: indices not contiguous", copied=nbytes(labels))
+            labels = take_rows(torch.from_numpy(self._labels), torch.from_numpy(keep), allocation)
+            record(COLLATE, "label", "gather: indices not contiguous", copied=nbytes(labels))
         return {"image": images, "label": labels}
 
     def _report_skip(self, index: int, err: CorruptFileError) -> None:
         path = self.files[index]
         self.skipped.append((path, str(err)))
-        record("decode", "image", f"skipped unreadable file {path}")
+        record(DECODE, "image", f"skipped unreadable file {path}")
         warnings.warn(SkippedFileWarning(f"sample {index} left out of its batch: {err}"), stacklevel=3)
 
     # -- pickling: each process has its own decode threads ----------------------------------

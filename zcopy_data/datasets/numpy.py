@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from zcopy_data._dtypes import dtype_name
-from zcopy_data._mapping import remap_private
+from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, remap_private
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import CopyRequiredError, SchemaError
 from zcopy_data.schema import Schema
@@ -24,32 +25,42 @@ _MAGIC = b"\x93NUMPY"
 _OTHER_FORMATS = {b"PK\x03\x04": "a .npz (zip) archive; pass each of its arrays as its own .npy file"}
 
 
-def load_npy(path: str | os.PathLike[str], *, field: str) -> np.ndarray[Any, Any]:
+def load_npy(
+    path: str | os.PathLike[str], *, field: str, identity: FileIdentity | None = None
+) -> tuple[np.ndarray[Any, Any], FileIdentity]:
     """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error.
 
     The magic bytes are checked first, so anything that is not a ``.npy`` file (empty, an
-    ``.npz`` archive, a pickle) is refused before NumPy looks at it.
+    ``.npz`` archive, a pickle) is refused before NumPy looks at it. Returns the array and the
+    identity of the file it maps; given ``identity`` (the file the dataset was built on), a
+    different file raises :class:`~zcopy_data.errors.FileChangedError`.
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            _check_header(f, name, field)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(st.st_mode):
+                raise SchemaError(
+                    f"field {field!r}: {name!r} is not a regular file (a FIFO, device or socket); "
+                    "only regular .npy files are read",
+                    field=field,
+                )
+            found = FileIdentity.of_stat(st)
+            shape, fortran, dtype, offset = _check_header(f, name, field)
     except FileNotFoundError:
         raise FileNotFoundError(f"field {field!r}: no such file {name!r}") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"field {field!r}: {name!r} is a directory, not a .npy file") from None
-    try:
-        arr: np.ndarray[Any, Any] = np.load(name, mmap_mode="c", allow_pickle=False)
-    except (ValueError, EOFError) as err:
-        raise SchemaError(
-            f"field {field!r}: {name!r} is not a readable .npy file of a numeric array ({err}); "
-            "write it with np.save(path, array) and a numeric dtype",
-            field=field,
-        ) from None
-    return arr
+    arr = file_array(
+        name, offset, shape, dtype, order="F" if fortran else "C", identity=identity or found, shared=False
+    )
+    return arr, identity or found
 
 
-def _check_header(f: BinaryIO, name: str, field: str) -> None:
+def _check_header(f: BinaryIO, name: str, field: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
     """Refuse a file that is not a ``.npy``, stores Python objects, or is smaller than its header says.
 
     Sizes are computed with Python ints, so a header declaring an absurd shape is refused here
@@ -68,7 +79,7 @@ def _check_header(f: BinaryIO, name: str, field: str) -> None:
         raise refuse(f"is not a readable .npy file (unknown format version {tuple(version)})")
     read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
     try:
-        shape, _, dtype = read(f)
+        shape, fortran, dtype = read(f)
     except (ValueError, EOFError) as err:
         raise refuse(f"has an unreadable .npy header ({err})") from None
     if dtype.hasobject:
@@ -80,6 +91,7 @@ def _check_header(f: BinaryIO, name: str, field: str) -> None:
             f"is truncated: its header declares shape {tuple(shape)} of {dtype.str} = {declared} bytes "
             f"after a {f.tell()}-byte header, the file has {size} bytes"
         )
+    return tuple(int(d) for d in shape), bool(fortran), dtype, f.tell()
 
 
 def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
@@ -122,6 +134,7 @@ class NumpyDataset(ZeroCopyDataset):
             raise SchemaError("NumpyDataset needs a non-empty mapping of field name -> array or .npy path")
         self.copy = copy
         self._sources: dict[str, Source] = dict(columns)
+        self._identities: dict[str, FileIdentity] = {}  # taken once, here: every process serves these files
         self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
         if schema is not None:
             self.schema = schema
@@ -129,9 +142,9 @@ class NumpyDataset(ZeroCopyDataset):
 
     def _open(self, name: str, src: Source) -> np.ndarray[Any, Any]:
         if isinstance(src, (str, os.PathLike)):
-            # A plain ndarray view of the np.memmap: same pages, without np.memmap's
-            # per-slice Python hook (it costs more than the slice itself).
-            arr = load_npy(src, field=name).view(np.ndarray)
+            # A plain ndarray over a registered copy-on-write mapping (no np.memmap and its
+            # per-slice Python hook, which costs more than the slice itself).
+            arr, self._identities[name] = load_npy(src, field=name, identity=self._identities.get(name))
             _check_byte_order(name, arr, f"{os.fspath(src)!r} stores", "np.save(path, np.load(path).astype({}))")
             return arr
         if not isinstance(src, np.ndarray):
@@ -157,6 +170,11 @@ class NumpyDataset(ZeroCopyDataset):
 
     def columns(self) -> dict[str, np.ndarray[Any, Any]]:
         return self._arrays
+
+    def check_sources(self) -> None:
+        """Each ``.npy`` file is still the one the dataset was built on (one ``stat`` per file)."""
+        for name, identity in self._identities.items():
+            check_unchanged(os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict[str, Any]:
         # File-backed columns travel as their path (workers map the file themselves);

@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
 from zcopy_data._dtypes import dtype_name
-from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import SchemaError
-from zcopy_data.schema import Schema
+from zcopy_data.schema import Schema, schema_of
 from zcopy_data.transfer.cast import CastMap, DeviceCast
 
 __all__ = [
@@ -57,26 +56,9 @@ def device_cast(cast: CastMap | DeviceCast | None) -> DeviceCast:
 
 
 def dataset_schema(dataset: Dataset[Any] | None) -> Schema | None:
-    """The schema of a dataset: declared or frozen, or read from sample 0; ``None`` if unknowable.
-
-    A ``ZeroCopyDataset`` gives its own schema. Any other map-style dataset with an explicit
-    ``schema`` attribute gives that, else a schema is frozen from sample 0 (dict keys, or
-    ``"0"``, ``"1"``, ... for tuples). Iterable datasets and samples that are not arrays or
-    numbers have no schema that can be checked up front.
-    """
-    if dataset is None or isinstance(dataset, IterableDataset):
-        return None
-    if isinstance(dataset, ZeroCopyDataset):
-        return dataset._zc_schema_or_none()
-    declared = getattr(dataset, "schema", None)
-    if isinstance(declared, Schema):
-        return declared
-    try:
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            return None
-        return Schema.from_sample(dataset[0])
-    except (SchemaError, TypeError, NotImplementedError):
-        return None
+    """The schema of a dataset: declared or frozen, or read from sample 0; ``None`` if unknowable
+    (:func:`zcopy_data.schema.schema_of`)."""
+    return schema_of(dataset)
 
 
 def resolve_input_schema(declared: Schema | Mapping[str, Any] | None, model: object | None) -> Schema | None:

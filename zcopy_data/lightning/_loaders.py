@@ -18,14 +18,14 @@ batches are already on the accelerator, copied ``N`` batches ahead while the mod
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
-from zcopy_data.explain import _record_crossing
-from zcopy_data.ledger import LEDGER, Record, capture
 from zcopy_data.loader import ZeroCopyDataLoader
+from zcopy_data.recording import LedgerBatch, RecordingCollate
+from zcopy_data.recording import unwrap as unwrap_ledger_batch
 from zcopy_data.transfer import DevicePrefetcher
 
 __all__ = [
@@ -38,41 +38,6 @@ __all__ = [
 ]
 
 SHUFFLE_MODES = ("sequential", "shuffle", "block")
-
-
-class LedgerBatch(NamedTuple):
-    """A batch with the ledger records made while it was assembled (they cross from workers)."""
-
-    batch: Any
-    records: tuple[Record, ...]
-    in_worker: bool
-
-
-class RecordingCollate:
-    """Wraps a collate_fn so the ledger records of each batch reach the main process."""
-
-    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, samples: Any) -> LedgerBatch:
-        in_worker = get_worker_info() is not None
-        with capture() as records:
-            batch = self.collate_fn(samples)
-            if in_worker:
-                _record_crossing(batch)
-        return LedgerBatch(batch, tuple(records), in_worker)
-
-
-def unwrap_ledger_batch(batch: Any) -> Any:
-    """The batch itself; records made in a worker are added to this process's ``LEDGER``.
-
-    Records made in the main process are in ``LEDGER`` already and are not counted twice.
-    """
-    if not isinstance(batch, LedgerBatch):
-        return batch
-    if batch.in_worker:
-        LEDGER.extend(batch.records)
-    return batch.batch
 
 
 class ShardedLoader:
@@ -119,19 +84,6 @@ class ShardedLoader:
         return f"ShardedLoader({self.sampler!r}, num_workers={self.loader.num_workers})"
 
 
-class _HostBatches:
-    """The plain ``DataLoader`` iteration of a :class:`DevicePrefetchingLoader` (host batches)."""
-
-    def __init__(self, loader: DataLoader[Any]) -> None:
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[Any]:
-        return DataLoader.__iter__(self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
 class DevicePrefetchingLoader(ZeroCopyDataLoader):
     """A ``DataLoader`` whose iteration yields batches already on ``device``, ``depth`` ahead.
 
@@ -155,5 +107,6 @@ class DevicePrefetchingLoader(ZeroCopyDataLoader):
         if self.device is None or self.device.type == "cpu":
             return super().__iter__()
         if self._prefetcher is None:  # one per loader: its pinned pool is reused every epoch
-            self._prefetcher = DevicePrefetcher(_HostBatches(self), self.device, depth=self.depth, schema=None)
+            # the prefetcher iterates this loader's host_batches(), handing down its exact pinned buffers
+            self._prefetcher = DevicePrefetcher(self, self.device, depth=self.depth, schema=None)
         return iter(self._prefetcher)

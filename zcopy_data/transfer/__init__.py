@@ -6,9 +6,10 @@
 tensor([0., 0.], dtype=torch.float16)
 """
 
+from zcopy_data.errors import PoolExhaustedError
+from zcopy_data.memory.pinned import PinnedBufferPool, PinnedSlot
 from zcopy_data.transfer.cast import Cast, DeviceCast, validate_cast
 from zcopy_data.transfer.device import DevicePrefetcher, to_device
-from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, PoolExhaustedError, set_pinned_gathers
 
 __all__ = [
     "Cast",
@@ -17,7 +18,6 @@ __all__ = [
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
-    "set_pinned_gathers",
     "to_device",
     "validate_cast",
 ]

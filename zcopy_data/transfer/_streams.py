@@ -7,38 +7,14 @@ would initialise the accelerator in a forked child, which breaks it.
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
-from torch.utils.data import get_worker_info
 
-__all__ = [
-    "accelerator",
-    "hold_until",
-    "on_stream",
-    "reap",
-    "resolve_device",
-    "side_stream",
-]
+from zcopy_data._accelerator import accelerator, check_main_process
 
-
-def accelerator() -> torch.device | None:
-    """This build's accelerator (``cuda``, ``xpu``, ``mps``...) when one is usable, else ``None``."""
-    if not torch.accelerator.is_available():
-        return None
-    return torch.accelerator.current_accelerator()
-
-
-def check_main_process(what: str) -> None:
-    """Raise inside a ``DataLoader`` worker: the accelerator must not be initialised there."""
-    if get_worker_info() is not None:
-        raise RuntimeError(
-            f"{what} runs in the main process only; inside a DataLoader worker it would initialise the "
-            "accelerator in a forked child. Wrap the DataLoader instead of calling it from the dataset."
-        )
+__all__ = ["accelerator", "check_main_process", "on_stream", "resolve_device", "side_stream"]
 
 
 def resolve_device(device: torch.device | str | int) -> torch.device:
@@ -84,43 +60,3 @@ def on_stream(stream: torch.Stream) -> Iterator[None]:
     finally:
         torch.accelerator.set_stream(prev)
         torch.accelerator.set_device_index(prev_index)
-
-
-# -- host memory kept alive until the copies reading it have completed ------------------------
-_inflight: deque[tuple[torch.Event, Sequence[Any]]] = deque()
-_inflight_lock = threading.Lock()
-
-
-def hold_until(event: torch.Event, refs: Sequence[Any]) -> None:
-    """Keep ``refs`` (host tensors a non-blocking copy reads) referenced until ``event`` completes.
-
-    A pinned buffer is only reused when no tensor references its storage, so holding the
-    tensors here is what keeps a pool from rewriting a buffer the device is still reading.
-    """
-    with _inflight_lock:
-        _inflight.append((event, refs))
-    reap()
-
-
-def reap(*, wait_one: bool = False) -> bool:
-    """Drop the references of completed copies (oldest first). ``wait_one``: block on the oldest.
-
-    Returns True when something was released.
-    """
-    if wait_one:
-        with _inflight_lock:
-            oldest = _inflight[0][0] if _inflight else None
-        if oldest is not None:
-            oldest.synchronize()  # outside the lock: other threads keep issuing copies meanwhile
-    released = False
-    with _inflight_lock:
-        while _inflight and _inflight[0][0].query():
-            _inflight.popleft()
-            released = True
-    return released
-
-
-def inflight() -> int:
-    """How many copies still hold host memory (for tests and diagnostics)."""
-    with _inflight_lock:
-        return len(_inflight)

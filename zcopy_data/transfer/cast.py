@@ -25,14 +25,13 @@ from typing import Any
 import torch
 
 from zcopy_data._dtypes import dtype_name, to_torch_dtype
-from zcopy_data.collate.buffers import nbytes
+from zcopy_data._storage import nbytes
+from zcopy_data._tree import leaves, map_tensors
 from zcopy_data.errors import DtypeDriftError, SchemaError
-from zcopy_data.ledger import record
+from zcopy_data.ledger import CAST, record
 from zcopy_data.schema import Field, Schema
 
 __all__ = ["Cast", "CastMap", "DeviceCast", "validate_cast"]
-
-STAGE = "cast"
 
 Number = float | int
 CastMap = Mapping[str, "torch.dtype | str | Cast | Mapping[str, Any]"]
@@ -239,12 +238,12 @@ class DeviceCast(Mapping[str, Cast]):
         if not self._casts:
             return
         fields = {}
-        for name, value in _top_level(batch):
-            if isinstance(value, torch.Tensor):
-                fields[name] = Field(value.dtype, tuple(value.shape[1:]))
+        tensors = [("0", batch)] if isinstance(batch, torch.Tensor) else list(leaves(batch))
+        for name, value in tensors:
+            fields[name] = Field(value.dtype, tuple(value.shape[1:]))
         for name in self._casts:
             if name not in fields:
-                found = [n for n, _ in _top_level(batch)]
+                found = list(fields)
                 raise SchemaError(
                     f"field {name!r}: the cast map names it, the batch has no such tensor field (it has {found}); "
                     "fix the name or remove it from the cast map",
@@ -259,28 +258,19 @@ class DeviceCast(Mapping[str, Cast]):
             return batch
         if self._checked is None:
             self.check_batch(batch)
-        if isinstance(batch, Mapping):
-            out = dict(batch)
-            for name in self._casts:
-                out[name] = self.apply(name, batch[name])
-            return out if type(batch) is dict else _rebuild(batch, out)
-        if isinstance(batch, (list, tuple)):
-            items = list(batch)
-            for name in self._casts:
-                items[int(name)] = self.apply(name, items[int(name)])
-            if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-                return type(batch)(*items)
-            return type(batch)(items) if isinstance(batch, tuple) else items
-        return self.apply("0", batch)
+        if isinstance(batch, torch.Tensor):
+            return self.apply("0", batch)  # a lone tensor is field "0", as a schema names it
+        casts = self._casts
+        return map_tensors(batch, lambda name, t: self.apply(name, t) if name in casts else t)
 
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Cast one field's tensor (on its own device), counted in the ledger."""
         cast = self._casts[name]
         out = cast_tensor(t, cast)
         if out is t:
-            record(STAGE, name, f"already {cast}: nothing to do", viewed=nbytes(t))
+            record(CAST, name, f"already {cast}: nothing to do", viewed=nbytes(t))
         else:
-            record(STAGE, name, f"{dtype_name(t.dtype)} -> {cast} on {t.device.type}", copied=nbytes(out))
+            record(CAST, name, f"{dtype_name(t.dtype)} -> {cast} on {t.device.type}", copied=nbytes(out))
         return out
 
     # -- mapping protocol ----------------------------------------------------------------
@@ -335,18 +325,3 @@ def validate_cast(schema: Schema | None, cast: CastMap | DeviceCast | None) -> D
 fix the name or remove it from the cast map
     """
     return DeviceCast(cast, schema)
-
-
-def _top_level(batch: Any) -> list[tuple[str, Any]]:
-    if isinstance(batch, Mapping):
-        return [(str(k), v) for k, v in batch.items()]
-    if isinstance(batch, (list, tuple)):
-        return [(str(i), v) for i, v in enumerate(batch)]
-    return [("0", batch)]
-
-
-def _rebuild(batch: Mapping[str, Any], fields: dict[str, Any]) -> Any:
-    try:
-        return type(batch)(fields)  # type: ignore[call-arg]
-    except TypeError:
-        return fields

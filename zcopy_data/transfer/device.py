@@ -19,60 +19,23 @@ pinned or copied and the same casts run on the CPU: the same batches, on every b
 
 from __future__ import annotations
 
-import collections.abc
-import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-from zcopy_data.collate.buffers import nbytes
-from zcopy_data.datasets.base import ZeroCopyDataset
-from zcopy_data.errors import SchemaError
-from zcopy_data.ledger import record
-from zcopy_data.schema import Schema
-from zcopy_data.transfer._streams import hold_until, on_stream, resolve_device, side_stream
+from zcopy_data._storage import nbytes
+from zcopy_data._tree import leaves, map_tensors
+from zcopy_data.ledger import PIN, TRANSFER, record
+from zcopy_data.memory.inflight import hold_until
+from zcopy_data.memory.pinned import PinnedBufferPool, PinnedSlot
+from zcopy_data.memory.policy import ExactPinnedAllocation
+from zcopy_data.schema import Schema, schema_of
+from zcopy_data.transfer._streams import on_stream, resolve_device, side_stream
 from zcopy_data.transfer.cast import CastMap, DeviceCast
-from zcopy_data.transfer.pinned import PinnedBufferPool, PinnedSlot, exact_gathers
 
 __all__ = ["DevicePrefetcher", "to_device"]
-
-STAGE = "host->device"
-PIN = "pin"
-
-
-# -- batch trees -------------------------------------------------------------------------------
-def leaves(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` for every tensor of a nested dict / list / tuple batch."""
-    if isinstance(obj, torch.Tensor):
-        yield path or "<batch>", obj
-    elif isinstance(obj, collections.abc.Mapping):
-        for k, v in obj.items():
-            yield from leaves(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from leaves(v, f"{path}[{i}]" if path else str(i))
-
-
-def map_tensors(obj: Any, fn: Callable[[str, torch.Tensor], torch.Tensor], path: str = "") -> Any:
-    """The same structure with every tensor replaced by ``fn(name, tensor)`` (names as :func:`leaves`)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(path or "<batch>", obj)
-    if isinstance(obj, collections.abc.Mapping):
-        items = {k: map_tensors(v, fn, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
-        if type(obj) is dict:
-            return items
-        try:
-            return type(obj)(items)  # type: ignore[call-arg]
-        except TypeError:
-            return items
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(map_tensors(v, fn, f"{path}[{i}]" if path else str(i)) for i, v in enumerate(obj)))
-    if isinstance(obj, (list, tuple)):
-        seq = [map_tensors(v, fn, f"{path}[{i}]" if path else str(i)) for i, v in enumerate(obj)]
-        return seq if type(obj) is list else type(obj)(seq)
-    return obj
 
 
 def _as_cast(cast: CastMap | DeviceCast | None, schema: Schema | None = None) -> DeviceCast:
@@ -100,7 +63,7 @@ class _Transfer:
 
         def copy(name: str, t: torch.Tensor) -> torch.Tensor:
             if t.device == device:
-                record(STAGE, name, "already on the device", viewed=nbytes(t))
+                record(TRANSFER, name, "already on the device", viewed=nbytes(t))
                 return t
             if t.device.type == "cpu":
                 host.append(t)
@@ -110,9 +73,9 @@ class _Transfer:
                     if pinned
                     else "pageable memory: synchronous copy (gather into pinned memory to overlap it)"
                 )
-                record(STAGE, name, reason, copied=nbytes(t))
+                record(TRANSFER, name, reason, copied=nbytes(t))
                 return t.to(device, non_blocking=non_blocking and pinned)
-            record(STAGE, name, f"from {t.device}", copied=nbytes(t))
+            record(TRANSFER, name, f"from {t.device}", copied=nbytes(t))
             return t.to(device, non_blocking=non_blocking)
 
         try:
@@ -154,9 +117,9 @@ class _Ready:
 
 def _to_cpu(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
-        record(STAGE, name, "skipped: target device is cpu", viewed=nbytes(t))
+        record(TRANSFER, name, "skipped: target device is cpu", viewed=nbytes(t))
         return t
-    record(STAGE, name, f"from {t.device} to cpu", copied=nbytes(t))
+    record(TRANSFER, name, f"from {t.device} to cpu", copied=nbytes(t))
     return t.to("cpu")
 
 
@@ -193,22 +156,16 @@ def to_device(
 
 
 # -- a loader's batches, prefetched -------------------------------------------------------------
-def _loader_schema(loader: Iterable[Any]) -> Schema | None:
-    ds = getattr(loader, "dataset", None)
-    if isinstance(ds, ZeroCopyDataset):
-        try:
-            return ds.schema
-        except SchemaError:
-            return None
-    return None
-
-
 class DevicePrefetcher:
     """Iterate a loader's batches on ``device``, with ``depth`` batches' copies in flight.
 
     While the model computes on batch ``k``, batches ``k+1 .. k+depth`` are being copied on the
     transfer stream. A batch that is not already in pinned memory (one assembled in a worker,
     say) is first copied into a slot of an exact-size pinned pool with ``depth + 2`` slots.
+    Over a loader that offers ``host_batches(allocation)`` (a
+    :class:`~zcopy_data.ZeroCopyDataLoader`), the prefetcher hands it an
+    :class:`~zcopy_data.memory.ExactPinnedAllocation`: batches gathered in this process -- by
+    gather threads too -- land straight in exact-size pinned buffers, guarded by our copy events.
 
     Args:
         loader: any iterable of batches (a ``DataLoader``, usually).
@@ -245,26 +202,35 @@ class DevicePrefetcher:
         self.loader = loader
         self.device = resolve_device(device)
         self.depth = depth
-        self.cast = _as_cast(cast, schema if schema is not None else _loader_schema(loader))
+        self.cast = _as_cast(cast, schema if schema is not None else schema_of(loader, from_sample=False))
         self.non_blocking = non_blocking
         self.pin = pin
         self.pool: PinnedBufferPool | None = None
+        self.allocation: ExactPinnedAllocation | None = None  # exact pinned gathers, built on first use
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
 
+    def _host_iter(self, on_cpu: bool) -> Iterator[Any]:
+        host_batches = getattr(self.loader, "host_batches", None)
+        if on_cpu or host_batches is None:
+            return iter(self.loader)
+        if self.allocation is None:  # one per prefetcher: its buffers are reused every epoch
+            self.allocation = ExactPinnedAllocation(per_shape=self.depth + 4)
+        # every batch pulled here is copied by us, under our events: exact-size pinned buffers
+        it: Iterator[Any] = host_batches(self.allocation)
+        return it
+
     def __iter__(self) -> Iterator[Any]:
-        it = iter(self.loader)
         on_cpu = self.device.type == "cpu"
+        it = self._host_iter(on_cpu)
         start = self._start_cpu if on_cpu else self._start_device
-        gathers = contextlib.nullcontext if on_cpu else exact_gathers
         queue: deque[_Transfer | _Ready] = deque()
         consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
 
         def issue() -> bool:
             try:
-                with gathers():  # on a device, every batch pulled here is copied by us, under our events
-                    batch = next(it)
+                batch = next(it)
             except StopIteration:
                 return False
             queue.append(start(batch))

@@ -8,9 +8,10 @@ import os
 import pytest
 import torch
 
-from zcopy_data.collate import crossing, shared
-from zcopy_data.collate.shared import PoolConfig, SharedMemoryExhaustedError, WorkerBufferPool
 from zcopy_data.errors import ZeroCopyError
+from zcopy_data.memory import crossing, shared
+from zcopy_data.memory.segment import HEADER_BYTES, tensor_over
+from zcopy_data.memory.shared import PoolConfig, SharedMemoryExhaustedError, WorkerBufferPool
 
 
 @pytest.fixture
@@ -55,13 +56,13 @@ def _worker(cmd: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
     first = pool.slots[0]
     while (msg := cmd.get()) != "stop":
         if msg == "peek":  # read through this process's own mapping (a temporary view)
-            out.put(float(shared.tensor_over(first.storage, shared.HEADER_BYTES, (1,), torch.float32)))
+            out.put(float(tensor_over(first.storage, HEADER_BYTES, (1,), torch.float32)))
         elif msg == "free?":
             out.put(first.is_free())
         elif msg == "again":
             b = pool.allocate((8, 3), torch.float32)
             _rebuild, (handle, storage) = crossing._reduce_tensor(b)
-            out.put((b.data_ptr() == first.data_ptr + shared.HEADER_BYTES, handle.slot, storage is None))
+            out.put((b.data_ptr() == first.data_ptr + HEADER_BYTES, handle.slot, storage is None))
 
 
 def test_handed_off_buffer_waits_for_every_view_in_the_receiver(pool):  # noqa: ARG001
@@ -95,7 +96,7 @@ def test_handed_off_buffer_waits_for_every_view_in_the_receiver(pool):  # noqa: 
 
 
 def test_full_pool_raises_with_byte_counts():
-    small = WorkerBufferPool(PoolConfig(max_bytes=3 * (4096 + shared.HEADER_BYTES), wait_s=0.05))
+    small = WorkerBufferPool(PoolConfig(max_bytes=3 * (4096 + HEADER_BYTES), wait_s=0.05))
     held = [small.allocate((1024,), torch.float32) for _ in range(3)]
     with pytest.raises(SharedMemoryExhaustedError, match=r"holds 12480 B of the 12480 B allowed, in 3 buffers, 3"):
         small.allocate((1024,), torch.float32)
@@ -122,12 +123,12 @@ def test_a_too_small_dev_shm_is_an_error_not_a_bus_error():
 
 
 def test_wrong_sized_free_buffers_are_dropped_to_make_room():
-    p = WorkerBufferPool(PoolConfig(max_bytes=2 * (8192 + shared.HEADER_BYTES), wait_s=0))
+    p = WorkerBufferPool(PoolConfig(max_bytes=2 * (8192 + HEADER_BYTES), wait_s=0))
     a = p.allocate((2048,), torch.float32)
     first = p.slot_of(a)
     del a
     big = p.allocate((4096,), torch.float32)  # 16 KiB: only fits once the 8 KiB buffer is gone
-    assert first.header[shared.DROPPED] == 1 and first.index not in p.slots
+    assert first.header.dropped and first.index not in p.slots
     assert big.numel() == 4096
 
 
@@ -136,7 +137,15 @@ def test_config_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("ZCOPY_DATA_WORKER_SHM_WAIT_S", "0.5")
     assert PoolConfig.from_env() == PoolConfig(max_bytes=12345, wait_s=0.5)
     monkeypatch.setenv("ZCOPY_DATA_WORKER_SHM_BYTES", "lots")
-    with pytest.raises(ValueError, match="ZCOPY_DATA_WORKER_SHM_BYTES='lots' should be a number"):
+    with pytest.raises(ValueError, match="ZCOPY_DATA_WORKER_SHM_BYTES='lots' should be an integer"):
+        PoolConfig.from_env()
+    for bad in ("inf", "nan", "1.5", "0"):  # a byte count is a finite positive integer
+        monkeypatch.setenv("ZCOPY_DATA_WORKER_SHM_BYTES", bad)
+        with pytest.raises(ValueError, match=f"ZCOPY_DATA_WORKER_SHM_BYTES='{bad}' should be an integer >= 1"):
+            PoolConfig.from_env()
+    monkeypatch.setenv("ZCOPY_DATA_WORKER_SHM_BYTES", "12345")
+    monkeypatch.setenv("ZCOPY_DATA_WORKER_SHM_WAIT_S", "inf")
+    with pytest.raises(ValueError, match="ZCOPY_DATA_WORKER_SHM_WAIT_S='inf'"):
         PoolConfig.from_env()
     with pytest.raises(ValueError, match="max_bytes=0"):
         PoolConfig(max_bytes=0)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from zcopy_data import Field, Schema, SchemaError
-from zcopy_data.collate.buffers import allocate_host
+from zcopy_data.memory.pinned import ALIGN, is_pool_memory
+from zcopy_data.memory.policy import HostAllocation, main_process_allocation
 from zcopy_data.transfer import PinnedBufferPool, PoolExhaustedError
-from zcopy_data.transfer.pinned import ALIGN, is_pool_memory, pinned_buffer
 
 SPECS = {"image": ((8, 3, 5, 5), torch.uint8), "label": ((8,), torch.int64), "w": ((8, 3), torch.float16)}
 
@@ -185,8 +185,10 @@ def test_pool_memory_is_recognised():
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only build")
 def test_without_an_accelerator_gathers_use_plain_memory():
-    assert pinned_buffer((4, 3), torch.uint8) is None
-    buf = allocate_host((4, 3), torch.uint8)
+    allocation = main_process_allocation(per_shape=4)
+    assert isinstance(allocation, HostAllocation)
+    buf = allocation((4, 3), torch.uint8)
+    assert not buf.is_pinned()
     assert buf.shape == (4, 3) and not is_pool_memory(buf)
 
 

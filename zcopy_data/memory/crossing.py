@@ -4,11 +4,11 @@ Inside a worker, :func:`install` registers a reducer for ``torch.Tensor`` with t
 ``multiprocessing`` pickler the result queue uses. For every tensor a worker sends it picks:
 
 * **handle** -- the tensor lives in a pooled shared-memory buffer
-  (:mod:`zcopy_data.collate.shared`): the buffer is sent once (a file descriptor), then only
+  (:mod:`zcopy_data.memory.shared`): the buffer is sent once (a file descriptor), then only
   ``(pool, buffer, offset, shape, strides, dtype)``; the main process builds the tensor over
   its cached mapping, and counts a release when that tensor and all its views are freed.
 * **descriptor** -- the tensor views a registered file mapping
-  (:mod:`zcopy_data.collate.descriptors`): the main process maps the file itself.
+  (:mod:`zcopy_data._mapping`): the main process maps the file itself.
 * anything else -- PyTorch's own reducer, unchanged (copies into shared memory when needed).
 
 The user only ever sees ordinary tensors, in the worker and in the main process.
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch.multiprocessing.reductions import reduce_tensor as _torch_reduce_tensor
 
-from zcopy_data.collate import shared
-from zcopy_data.collate.descriptors import describe_file_view, rebuild_file_view
+from zcopy_data._mapping import Layout, describe_file_view, rebuild_file_view
+from zcopy_data.memory import shared
+from zcopy_data.memory.segment import Header, tensor_over
 
 __all__ = ["crossing_of", "install"]
 
@@ -72,15 +73,13 @@ def _reduce_tensor(t: torch.Tensor) -> Any:
         pool = shared.current_pool()
         slot = pool.slot_of(t) if pool is not None else None
         if pool is not None and slot is not None:
-            # count the hand-off before the worker drops its reference (single writer: this cell)
-            slot.header[shared.SENT] += 1
-            storage = None if slot.header[shared.ACKED] else slot.storage
-            offset = int(t.storage_offset()) * t.element_size()
-            handle = _Handle(pool.token, pool.pid, slot.index, offset, tuple(t.shape), tuple(t.stride()), t.dtype)
-            return _rebuild_pooled, (handle, storage)
+            slot.header.mark_sent()  # count the hand-off before the worker drops its reference
+            storage = None if slot.header.acked else slot.storage
+            layout = Layout.of(t, int(t.storage_offset()) * t.element_size())
+            return _rebuild_pooled, (_Handle(pool.token, pool.pid, slot.index, layout), storage)
         d = describe_file_view(t)
         if d is not None:
-            return rebuild_file_view, (d.path, d.key, d.offset, d.shape, d.stride, d.dtype)
+            return rebuild_file_view, (d,)
     return _torch_reduce_tensor(t)  # type: ignore[no-untyped-call]
 
 
@@ -89,10 +88,7 @@ class _Handle(NamedTuple):
     token: int
     pid: int
     slot: int
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    dtype: torch.dtype
+    layout: Layout
 
 
 class _MappedSlot:
@@ -103,16 +99,16 @@ class _MappedSlot:
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage = storage
         self.pid = os.getpid()
-        whole = shared.tensor_over(storage, 0, (storage.nbytes(),), torch.uint8)
+        whole = tensor_over(storage, 0, (storage.nbytes(),), torch.uint8)
         self.bytes: np.ndarray[Any, Any] = whole.numpy()
-        self.header: np.ndarray[Any, Any] = self.bytes[: shared.HEADER_BYTES].view(np.int64)
-        self.lock = threading.Lock()
+        self.header = Header.over(self.bytes)
+        self.lock = threading.RLock()  # re-entrant: release() runs from finalizers
 
     def release(self) -> None:
         if os.getpid() != self.pid:
             return  # a forked child freeing its inherited copy of a batch: the parent still holds it
         with self.lock:  # finalizers may run on the pin-memory thread and the main thread
-            self.header[shared.RELEASED] += 1
+            self.header.mark_released()
 
 
 _mapped: dict[tuple[int, int], _MappedSlot] = {}
@@ -135,13 +131,13 @@ def _register(h: _Handle, storage: torch.UntypedStorage) -> _MappedSlot:
     with _mapped_lock:
         # forget buffers of workers that are gone, or that their pool dropped
         dead = {tok for tok, pid in _pids.items() if tok != h.token and not _alive(pid)}
-        for key in [k for k, m in _mapped.items() if k[0] in dead or m.header[shared.DROPPED]]:
+        for key in [k for k, m in _mapped.items() if k[0] in dead or m.header.dropped]:
             del _mapped[key]
         for tok in dead:
             del _pids[tok]
         _mapped[(h.token, h.slot)] = slot
         _pids[h.token] = h.pid
-    slot.header[shared.ACKED] = 1  # the worker stops sending the storage itself
+    slot.header.ack()  # the worker stops sending the storage itself
     return slot
 
 
@@ -154,10 +150,7 @@ def _rebuild_pooled(h: _Handle, storage: torch.UntypedStorage | None) -> torch.T
             f"a batch from DataLoader worker pid {h.pid} refers to shared buffer {h.slot} that this "
             "process never received; batches from a worker must be unpickled by one process"
         )
-    nbytes = (sum((s - 1) * st for s, st in zip(h.shape, h.stride, strict=True)) + 1) * h.dtype.itemsize
-    owner = slot.bytes[h.offset : h.offset + nbytes]  # a fresh array: alive while any view of the batch is
+    layout = h.layout
+    owner = slot.bytes[layout.offset : layout.offset + layout.extent]  # a fresh array: alive while any view is
     weakref.finalize(owner, slot.release).atexit = False  # nobody reuses buffers after exit
-    flat = torch.from_numpy(owner)
-    if h.dtype != torch.uint8:
-        flat = flat.view(h.dtype)
-    return flat.as_strided(h.shape, h.stride)
+    return layout.tensor_in(owner)

@@ -4,15 +4,14 @@ Each worker keeps a pool of shared-memory segments, created once (checked agains
 space of ``/dev/shm`` and reserved with ``posix_fallocate``, so a full ``/dev/shm`` is a clear
 error instead of a bus error) and faulted in at creation. A batch is gathered straight into a
 free segment and crosses to the main process as a handle (see
-:mod:`zcopy_data.collate.crossing`): the main process maps each segment once and builds the
+:mod:`zcopy_data.memory.crossing`): the main process maps each segment once and builds the
 batch over it.
 
 A segment is reused only when it is free on both sides:
 
 * in the worker, no tensor references its storage (storage use count back to the pool's own);
-* in the main process, every tensor built from it -- views included -- has been freed. Each
-  segment starts with a small header: the worker counts hand-offs in one cell, the main process
-  counts releases in another (each cell has a single writer, so no cross-process lock).
+* in the main process, every tensor built from it -- views included -- has been freed (the
+  segment's header, :mod:`zcopy_data.memory.segment`).
 
 A user who holds many batches makes the pool grow, up to ``ZCOPY_DATA_WORKER_SHM_BYTES`` per
 worker (default 1 GiB) and while ``/dev/shm`` has room; beyond either, the worker waits up to
@@ -34,41 +33,39 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from zcopy_data._storage import use_count
 from zcopy_data.errors import SharedMemoryExhaustedError
+from zcopy_data.memory.reuse import Reusable
+from zcopy_data.memory.segment import HEADER_BYTES, Header, tensor_over
 
 __all__ = [
-    "HEADER_BYTES",
     "PoolConfig",
     "SharedMemoryExhaustedError",
+    "Slot",
     "WorkerBufferPool",
     "allocate_shared",
     "current_pool",
-    "tensor_over",
 ]
 
-HEADER_BYTES = 64  # int64 cells, then the data, 64-byte aligned for every dtype
-SENT, RELEASED, ACKED, DROPPED = 0, 1, 2, 3  # header cells; SENT: worker only, the rest: main only
 _PAGE = 4096
 _SHM_DIR = "/dev/shm"
 
 
-def _env_number(name: str, default: float) -> float:
+def _env_number(name: str, default: float, *, integer: bool = False, minimum: float = 0) -> float:
+    """``name`` from the environment as a finite number >= ``minimum``; the error names the variable."""
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
+    want = f"an integer >= {minimum:g}" if integer else f"a finite number >= {minimum:g}"
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} should be a number") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} should be >= 0")
+        raise ValueError(f"{name}={raw!r} should be {want}") from None
+    if not math.isfinite(value) or value < minimum or (integer and value != int(value)):
+        raise ValueError(f"{name}={raw!r} should be {want}; unset it for the default ({default:g})")
     return value
 
 
@@ -94,20 +91,9 @@ class PoolConfig:
     @classmethod
     def from_env(cls) -> PoolConfig:
         return cls(
-            max_bytes=int(_env_number("ZCOPY_DATA_WORKER_SHM_BYTES", cls.max_bytes)),
+            max_bytes=int(_env_number("ZCOPY_DATA_WORKER_SHM_BYTES", cls.max_bytes, integer=True, minimum=1)),
             wait_s=_env_number("ZCOPY_DATA_WORKER_SHM_WAIT_S", cls.wait_s),
         )
-
-
-def tensor_over(
-    storage: torch.UntypedStorage, byte_offset: int, shape: tuple[int, ...], dtype: torch.dtype
-) -> torch.Tensor:
-    """A contiguous tensor of ``shape``/``dtype`` over ``storage`` from ``byte_offset`` (no copy)."""
-    stride, step = [], 1
-    for size in reversed(shape):
-        stride.append(step)
-        step *= max(size, 1)
-    return torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape, stride[::-1])
 
 
 def _shm_free() -> tuple[int, int] | None:
@@ -126,8 +112,8 @@ class Slot:
     index: int
     storage: torch.UntypedStorage
     capacity: int
-    header: np.ndarray[Any, np.dtype[np.int64]]
-    baseline: int = 0
+    header: Header
+    reuse: Reusable
 
     @property
     def data_ptr(self) -> int:
@@ -135,9 +121,7 @@ class Slot:
 
     def is_free(self) -> bool:
         # worker side first: a tensor still alive here may yet be handed off
-        if use_count(self.storage) != self.baseline:
-            return False
-        return bool(self.header[SENT] == self.header[RELEASED])
+        return self.reuse.is_free() and self.header.received_all()
 
 
 @dataclass(eq=False)
@@ -240,9 +224,7 @@ class WorkerBufferPool:
                         f"{_SHM_DIR} is too small, enlarge it, use fewer workers or lower the batch size"
                     ) from None
         tensor_over(storage, 0, (size,), torch.uint8).zero_()  # fault every page in once
-        header = tensor_over(storage, 0, (HEADER_BYTES // 8,), torch.int64).numpy()
-        slot = Slot(self._next, storage, capacity, header)
-        slot.baseline = use_count(storage)
+        slot = Slot(self._next, storage, capacity, Header.of(storage), Reusable([storage]))
         self._next += 1
         self.slots[slot.index] = slot
         self.by_ptr[slot.data_ptr] = slot
@@ -250,7 +232,7 @@ class WorkerBufferPool:
         return slot
 
     def _drop(self, slot: Slot) -> None:
-        slot.header[DROPPED] = 1  # tells the main process it may unmap its copy
+        slot.header.mark_dropped()
         del self.slots[slot.index]
         del self.by_ptr[slot.data_ptr]
         self.ordered = [s for s in self.ordered if s is not slot]
@@ -280,10 +262,11 @@ def current_pool(create: bool = False) -> WorkerBufferPool | None:
 
 
 def allocate_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A tensor in a pooled shared-memory buffer: sending it to the main process sends a handle only."""
-    from zcopy_data.collate.crossing import install  # local: crossing imports this module
+    """A tensor in a pooled shared-memory buffer of this worker's pool.
 
-    install()
+    Sent to the main process through the reducer of :mod:`zcopy_data.memory.crossing` (which the
+    worker allocation policy installs), it crosses as a handle only.
+    """
     pool = current_pool(create=True)
     assert pool is not None
     return pool.allocate(tuple(shape), dtype)

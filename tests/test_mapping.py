@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from zcopy_data import NumpyDataset, strict_asarray
-from zcopy_data.collate import descriptors
-from zcopy_data.collate.descriptors import describe_file_view, rebuild_file_view, register_file_array
+from zcopy_data import NumpyDataset, _mapping, strict_asarray
+from zcopy_data._mapping import describe_file_view, rebuild_file_view, register_file_array
+from zcopy_data.errors import FileChangedError
 
 
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made here do not outlive the test (they hold their mappings open)."""
-    monkeypatch.setattr(descriptors, "_ranges", [])
-    monkeypatch.setattr(descriptors, "_by_array", {})
-    monkeypatch.setattr(descriptors, "_bases", {})
+    monkeypatch.setattr(_mapping, "_ranges", {})
+    monkeypatch.setattr(_mapping, "_by_array", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(_mapping, "_maps", {})
 
 
 def _cross(t: torch.Tensor) -> torch.Tensor:
     d = describe_file_view(t)
     assert d is not None
-    return rebuild_file_view(d.path, d.key, d.offset, d.shape, d.stride, d.dtype)
+    return rebuild_file_view(d)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int64, np.bool_])
@@ -61,7 +62,7 @@ def test_the_receiver_reads_the_file_not_a_copy(tmp_path: Path):
     col = NumpyDataset({"x": str(path)}).columns()["x"]
     register_file_array(col)
     out = _cross(torch.from_numpy(col[8:16]))
-    base = descriptors._bases[(os.path.realpath(path), descriptors._file_key(str(path)))]
+    base = np.frombuffer(_mapping._maps[(os.path.realpath(path), _mapping.identity_of(path))], dtype=np.uint8)
     assert base.ctypes.data <= out.data_ptr() < base.ctypes.data + base.nbytes
     writer = np.load(path, mmap_mode="r+")
     writer[9, 2] = 77  # another process writing the file: the private mapping's untouched pages follow it
@@ -94,5 +95,5 @@ def test_a_file_replaced_under_the_loader_is_an_error(tmp_path: Path):
     d = describe_file_view(torch.from_numpy(col[0:5]))
     assert d is not None
     np.save(path, np.arange(60, dtype=np.int64))
-    with pytest.raises(RuntimeError, match="changed after a DataLoader worker mapped it"):
-        rebuild_file_view(d.path, d.key, d.offset, d.shape, d.stride, d.dtype)
+    with pytest.raises(FileChangedError, match="after the dataset was built"):
+        rebuild_file_view(d)

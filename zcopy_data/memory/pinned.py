@@ -1,4 +1,4 @@
-"""Exact-size pinned host buffers, reused only when nothing can still read or write them.
+"""Pinned host buffers: exact-size blocks, batch-slot pools, and PyTorch's pinned allocator.
 
 PyTorch's pinned allocator rounds every request up to a power of two (a 3.1 MiB batch pins
 4 MiB). Here one block of page-locked memory is mapped for the exact bytes (rounded to a page)
@@ -7,7 +7,8 @@ Each buffer is its own tensor storage, so "does anything still reference it?" is
 that storage's use count, not about data pointers.
 
 A buffer is free when (1) its lease was released, (2) the event of the copy that reads it has
-completed, and (3) no tensor, view or NumPy array references its storage beyond the pool's own.
+completed, and (3) no tensor, view or NumPy array references its storage beyond the pool's own
+(the rule of :mod:`zcopy_data.memory.reuse`).
 
 Without an accelerator the same pools hand out ordinary host memory (``pinned_bytes == 0``), so
 the reuse logic runs, and is tested, everywhere.
@@ -22,27 +23,27 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from zcopy_data._accelerator import accelerator, check_main_process
 from zcopy_data._dtypes import dtype_name
-from zcopy_data._storage import use_count
 from zcopy_data.errors import PoolExhaustedError, SchemaError
+from zcopy_data.memory.inflight import reap
+from zcopy_data.memory.reuse import Reusable, ReusePool
 from zcopy_data.schema import Schema
-from zcopy_data.transfer._streams import accelerator, check_main_process, reap
 
 __all__ = [
+    "ExactPinnedPool",
+    "HostBlock",
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
-    "exact_gathers",
     "is_pinned_gather",
     "is_pool_memory",
-    "pinned_buffer",
-    "set_pinned_gathers",
+    "torch_pinned",
 ]
 
 ALIGN = 64  # every buffer starts on a cache line (and on any dtype's alignment)
@@ -57,10 +58,10 @@ def _align(n: int, to: int) -> int:
 # -- page-locked blocks ------------------------------------------------------------------------
 _blocks: dict[int, tuple[int, int]] = {}  # key -> [start, end) of live blocks, for is_pool_memory
 _keys = itertools.count()
-_blocks_lock = threading.Lock()
+_blocks_lock = threading.RLock()  # re-entrant: _forget runs from finalizers
 
 
-class _HostBlock:
+class HostBlock:
     """``nbytes`` of host memory, page-locked when ``pin`` (exactly, up to one page)."""
 
     def __init__(self, nbytes: int, *, pin: bool) -> None:
@@ -136,9 +137,8 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
         self._lock = pool._lock
         self.index = index
         self._tensors = tensors
-        self._baseline = {name: use_count(t) for name, t in tensors.items()}
+        self._reuse = Reusable(list(tensors.values()))
         self._leased = False
-        self._event: torch.Event | None = None
 
     @property
     def pool(self) -> PinnedBufferPool:
@@ -163,24 +163,19 @@ class PinnedSlot(Mapping[str, torch.Tensor]):
         with self._lock:
             if not self._leased:
                 raise RuntimeError(f"slot {self.index} released twice")
-            self._event = event
+            self._reuse.wait_for(event)
             self._leased = False
 
     def referenced(self) -> bool:
         """True while a tensor, view or array other than the pool's own references a buffer."""
-        return any(use_count(t) > self._baseline[n] for n, t in self._tensors.items())
+        return self._reuse.referenced()
 
     def copying(self) -> bool:
         """True while the copy recorded by :meth:`release` has not completed."""
-        if self._event is None:
-            return False
-        if self._event.query():
-            self._event = None
-            return False
-        return True
+        return self._reuse.copying()
 
     def is_free(self) -> bool:
-        return not self._leased and not self.copying() and not self.referenced()
+        return not self._leased and self._reuse.is_free()
 
     def __repr__(self) -> str:
         return f"PinnedSlot({self.index}, {list(self._tensors)})"
@@ -228,7 +223,7 @@ class PinnedBufferPool:
         self.specs = specs
         self.slot_bytes = offset
         self.nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in specs.values()) * slots
-        self._block = _HostBlock(offset * slots, pin=pin)
+        self._block = HostBlock(offset * slots, pin=pin)
         self.pinned_bytes = self._block.pinned_bytes
         self._lock = threading.Lock()
         self._slots = [
@@ -270,9 +265,9 @@ class PinnedBufferPool:
                         slot._leased = True
                         self._next = (slot.index + 1) % n
                         return slot
-                pending = [s for s in self._slots if not s._leased and s._event is not None]
+                pending = [s for s in self._slots if not s._leased and s._reuse.event is not None]
             if pending:  # the oldest copy frees its slot when it completes
-                event = pending[0]._event
+                event = pending[0]._reuse.event
                 if event is not None:
                     event.synchronize()
                 continue
@@ -323,79 +318,49 @@ def _specs(fields: Schema | Mapping[str, Spec], batch_size: int | None) -> dict[
 
 # -- pinned outputs for gathers in the main process ------------------------------------------------
 #
-# Outside a zcopy_data device stage, whoever consumes a batch may copy it with its own
-# ``.to(device, non_blocking=True)``, a copy zcopy_data never sees. Those gathers therefore use
-# PyTorch's pinned allocator, which records an event for every such copy and reuses a block only
-# after it. Inside a device stage (``exact_gathers()``), every copy is ours and guarded by our
-# events, so gathers use exact-size registered buffers instead.
-_gather_pinning = True
-_local = threading.local()
-_cache: dict[Spec, list[torch.Tensor]] = {}
-_baselines: dict[int, int] = {}
-_cache_lock = threading.Lock()
+# Whoever consumes a batch gathered in the main process may copy it with its own
+# ``.to(device, non_blocking=True)``, a copy zcopy_data never sees: such gathers use PyTorch's
+# pinned allocator, which records an event for every copy and reuses a block only after it. A
+# device stage that copies every batch itself, under its own events, hands down an
+# :class:`ExactPinnedPool` instead (see :mod:`zcopy_data.memory.policy`).
 _gathered: dict[int, weakref.ref[torch.Tensor]] = {}
-MAX_PER_SHAPE = 8
 
 
-def set_pinned_gathers(enabled: bool) -> None:
-    """Turn gathering straight into pinned memory (main process, accelerator present) on or off."""
-    global _gather_pinning
-    _gather_pinning = bool(enabled)
-
-
-@contextmanager
-def exact_gathers() -> Iterator[None]:
-    """Within the block (this thread), gathers use exact-size buffers guarded by our copy events.
-
-    Only a stage that copies every batch it pulls itself, through :func:`to_device`, may use it.
-    """
-    prev = getattr(_local, "exact", False)
-    _local.exact = True
-    try:
-        yield
-    finally:
-        _local.exact = prev
-
-
-def pins_gathers() -> bool:
-    """Whether main-process gathers go to pinned memory (an accelerator, and not turned off)."""
-    return _gather_pinning and get_worker_info() is None and accelerator() is not None
-
-
-def pinned_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    """A pinned output buffer for one batch field gathered in the main process, or ``None``.
-
-    ``None`` without an accelerator, inside a worker, or when turned off with
-    :func:`set_pinned_gathers`. Inside :func:`exact_gathers`, an exact-size buffer reused once no
-    tensor references it (a copy by ``to_device`` references it until its event completes);
-    otherwise a buffer from PyTorch's pinned allocator, safe under any consumer's copies.
-    """
-    if not _gather_pinning or get_worker_info() is not None or accelerator() is None:
-        return None  # inside a worker the accelerator is never touched
-    if getattr(_local, "exact", False):
-        buf = _exact_buffer(tuple(shape), dtype)
-        if buf is not None:
-            return buf
+def torch_pinned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A buffer from PyTorch's pinned allocator, remembered as gathered into pinned memory."""
     buf = torch.empty(shape, dtype=dtype, pin_memory=True)
     key = id(buf)
     _gathered[key] = weakref.ref(buf, lambda _, k=key: _gathered.pop(k, None))  # type: ignore[misc]
     return buf
 
 
-def _exact_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    reap()
-    with _cache_lock:
-        bufs = _cache.setdefault((shape, dtype), [])
-        for buf in bufs:
-            if use_count(buf) == _baselines[id(buf)]:
-                return buf.view(buf.shape)  # a new view, so the batch holding it counts as a reference
-        if len(bufs) >= MAX_PER_SHAPE:
-            return None
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        buf = _HostBlock(nbytes, pin=True).carve(0, shape, dtype)
-        _baselines[id(buf)] = use_count(buf)
-        bufs.append(buf)
-        return buf.view(buf.shape)
+def _exact(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return HostBlock(nbytes, pin=True).carve(0, shape, dtype)
+
+
+class ExactPinnedPool:
+    """Exact-size pinned buffers per ``(shape, dtype)``, reused once no tensor references them.
+
+    Only for batches every copy of which is issued by :func:`~zcopy_data.to_device` (its copy
+    references the buffer until its event completes); ``None`` from :meth:`take` when all
+    ``per_key`` buffers of a shape are in use.
+    """
+
+    def __init__(self, per_key: int = 8) -> None:
+        self._pool = ReusePool(_exact, per_key=per_key, keys=16, overflow=False)
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        reap()
+        return self._pool.take(shape, dtype)
+
+    @property
+    def per_key(self) -> int:
+        return self._pool.per_key
+
+    @property
+    def nbytes(self) -> int:
+        return self._pool.nbytes
 
 
 def is_pinned_gather(t: torch.Tensor) -> bool:

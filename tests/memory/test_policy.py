@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from zcopy_data import NumpyDataset, zero_copy_collate
-from zcopy_data.collate import buffers
+from zcopy_data.memory.policy import HostAllocation
 
 
 def _gather(ds, idx):
@@ -46,9 +46,11 @@ def test_a_view_or_array_keeps_the_buffer_busy():
 
 
 def test_pool_stays_bounded():
-    for n in range(buffers.MAX_SHAPES + 5):
-        buffers.reused_host_buffer((n + 1, 2), torch.float32)
-    assert len(buffers._pool) <= buffers.MAX_SHAPES
-    held = [buffers.reused_host_buffer((7, 7), torch.uint8) for _ in range(buffers.MAX_PER_SHAPE + 3)]
+    alloc = HostAllocation(per_shape=4)
+    pool = alloc.pool
+    for n in range(pool.keys + 5):
+        alloc((n + 1, 2), torch.float32)
+    assert len(pool._bufs) <= pool.keys
+    held = [alloc((7, 7), torch.uint8) for _ in range(pool.per_key + 3)]
     assert len({t.data_ptr() for t in held}) == len(held)
-    assert len(buffers._pool[((7, 7), torch.uint8)]) == buffers.MAX_PER_SHAPE
+    assert len(pool._bufs[((7, 7), torch.uint8)]) == pool.per_key
