@@ -13,8 +13,10 @@
   The registry holds ranges weakly: a range lives as long as its mapping.
 * **Two kinds of mapping.** A dataset maps its own files (``shared=False``): a new dataset reads
   the file as it is now. Descriptors from workers and remapped read-only memmaps are rebuilt over
-  one *shared* mapping per file, kept for the life of the process (a replaced file's old one only
-  while views of it live): a write to such a view is seen by every later one of that file.
+  one *shared* mapping per file, alive while any view of it is: a write to such a view is seen by
+  every later one of that file while one of them lives. Nothing keeps a mapping no dataset or
+  batch uses: thousands of streamed shards keep bounded address space, and a deleted file's disk
+  space comes back.
 
 .. note:: The receiving process sees the file's bytes: writes a worker made to its own private
    (copy-on-write) pages are not carried over. Pages already handed out as views show whatever
@@ -151,10 +153,12 @@ class FileDescriptor(NamedTuple):
 
 
 _lock = threading.RLock()  # re-entrant: a finalizer (_forget) may run while this thread holds it
-# One shared mapping per file for the process's life: what descriptors from workers and remapped
-# read-only memmaps are rebuilt over, so a write to one such view is seen by every later one. A
+# One shared mapping per file while any view of it lives: what descriptors from workers and
+# remapped read-only memmaps are rebuilt over, so a write to one such view is seen by every later
+# one. Held weakly: a file no batch uses is unmapped (its disk space comes back once deleted). A
 # dataset maps its own files afresh (``shared=False``): a new dataset reads the file as it is.
-_maps: dict[tuple[str, FileIdentity], mmap.mmap] = {}
+_maps: weakref.WeakValueDictionary[tuple[str, FileIdentity], mmap.mmap] = weakref.WeakValueDictionary()
+_made: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # every live mapping made here, shared or not
 _ranges: dict[int, FileRange] = {}  # key -> range, removed when its owner is freed
 _next_key = iter(range(1 << 62))
 
@@ -199,10 +203,9 @@ def _private_map(path: str, identity: FileIdentity | None, shared: bool) -> tupl
             if mm is not None:
                 return mm, found
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if found.size else mmap.mmap(-1, 1)
-            if shared:  # a replaced file's old mapping lives on only as long as views of it
-                for old in [k for k in _maps if k[0] == real]:
-                    del _maps[old]
+            if shared:
                 _maps[(real, found)] = mm
+            _made.add(mm)
             start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
             key = next(_next_key)
             _ranges[key] = FileRange(start, start + len(mm), real, 0, found)
@@ -232,9 +235,9 @@ def file_array(
 
 
 def mapping_count() -> int:
-    """Files this process maps once for all (for tests and diagnostics)."""
+    """Live file mappings made here, shared or a dataset's own (for tests and diagnostics)."""
     with _lock:
-        return len(_maps)
+        return len(_made)
 
 
 def file_region(arr: np.ndarray[Any, Any]) -> tuple[str, int] | None:

@@ -170,7 +170,8 @@ def test_gathered_batches_are_private_copies(files: dict[str, Path]) -> None:
 def test_writes_to_view_batches_from_workers_persist_in_this_process_never_in_the_file(files: dict[str, Path]) -> None:
     """Documented: a contiguous batch from a worker crosses as a file descriptor and is rebuilt over the main
     process's one copy-on-write mapping of that file, so a write to it is seen by every later view batch of that
-    file in this process (other loaders and datasets included), never by the file, never by gathered batches.
+    file in this process (other loaders and datasets included) while one of them lives, never by the file, never
+    by gathered batches. Once no batch uses the mapping it is released: later batches read the file again.
     ``copy=True`` isolates."""
     ref = _reference(files)
     paths = {k: str(v) for k, v in files.items()}
@@ -179,10 +180,15 @@ def test_writes_to_view_batches_from_workers_persist_in_this_process_never_in_th
         loader = DataLoader(ds, batch_size=10, shuffle=shuffle, num_workers=2, collate_fn=zero_copy_collate, timeout=60)
         return consume(loader)
 
-    for b in epoch(NumpyDataset(paths)):
+    first = epoch(NumpyDataset(paths))
+    for b in first:
         b["weight"].fill_(-1)
-    again = epoch(NumpyDataset(paths))  # a new dataset and loader over the same file
+    again = epoch(NumpyDataset(paths))  # a new dataset and loader over the same file, the first batches held
     assert all(torch.all(b["weight"] == -1) for b in again)
+    del first, again, b
+    gc.collect()
+    for b in epoch(NumpyDataset(paths)):  # nothing held the mapping: it was released, the file is read again
+        assert np.array_equal(b["weight"].numpy(), ref["weight"][b["label"].numpy()])
     for b in epoch(NumpyDataset(paths), shuffle=True):  # gathers read the workers' own mappings
         assert np.array_equal(b["weight"].numpy(), ref["weight"][b["label"].numpy()])
     for b in epoch(NumpyDataset(paths, copy=True)):
