@@ -113,6 +113,7 @@ def test_mappings_no_dataset_or_batch_uses_are_released(tmp_path: Path, workers:
 
     from zcopy_data import zero_copy_collate
 
+    gc.collect()
     baseline = _mapping.mapping_count()
     paths = []
     for k in range(12 if workers == 0 else 3):

@@ -74,7 +74,10 @@ def identity_of(path: str | os.PathLike[str]) -> FileIdentity:
 
 
 def _changed(path: str, want: FileIdentity, found: FileIdentity) -> FileChangedError:
-    what = "replaced" if (want.dev, want.ino) != (found.dev, found.ino) else "rewritten"
+    if (want.dev, want.ino) != (found.dev, found.ino):
+        what = "replaced"
+    else:
+        what = "truncated" if found.size < want.size else "rewritten"
     return FileChangedError(
         f"{path!r} was {what} after the dataset was built (expected {want.size} bytes modified at "
         f"mtime_ns {want.mtime_ns} on inode {want.ino}, found {found.size} bytes at {found.mtime_ns} on "
@@ -88,7 +91,14 @@ def check_unchanged(path: str, identity: FileIdentity) -> None:
 
     One ``stat`` per file: cheap next to building a batch, and done before each one.
     """
-    found = identity_of(path)
+    try:
+        found = identity_of(path)
+    except FileNotFoundError:
+        raise FileChangedError(
+            f"{path!r} was deleted after the dataset was built (expected {identity.size} bytes on inode "
+            f"{identity.ino}); a zero-copy dataset serves the file it was built on: keep it until the "
+            "dataset is done, or rebuild the dataset"
+        ) from None
     if found != identity:
         raise _changed(path, identity, found)
 
@@ -193,6 +203,11 @@ def _private_map(path: str, identity: FileIdentity | None, shared: bool) -> tupl
         with _lock:
             mm = _maps.get((real, identity))
         if mm is not None:
+            # mapped already: the file must still be that file (a shrunk file's lost pages would
+            # kill this process with SIGBUS on the first read, so refuse before handing out a view).
+            # A deleted file is intact while mapped: its pages live on with the mapping.
+            if os.path.exists(path):
+                check_unchanged(path, identity)
             return mm, identity
     with open(path, "rb") as f:
         found = FileIdentity.of_stat(os.fstat(f.fileno()))  # the file this descriptor opened, not the path now

@@ -13,7 +13,7 @@ import numpy as np
 from zcopy_data._dtypes import dtype_name
 from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, remap_private
 from zcopy_data.datasets.base import ZeroCopyDataset
-from zcopy_data.errors import CopyRequiredError, SchemaError
+from zcopy_data.errors import CopyRequiredError, FileChangedError, SchemaError
 from zcopy_data.schema import Schema
 
 __all__ = ["NumpyDataset"]
@@ -135,7 +135,9 @@ class NumpyDataset(ZeroCopyDataset):
         self.copy = copy
         self._sources: dict[str, Source] = dict(columns)
         self._identities: dict[str, FileIdentity] = {}  # taken once, here: every process serves these files
-        self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
+        self._arrays: dict[str, np.ndarray[Any, Any]] | None = {
+            name: self._open(name, src) for name, src in self._sources.items()
+        }
         if schema is not None:
             self.schema = schema
         _ = self.schema  # validate lengths, dtypes and the declared schema now, not mid-epoch
@@ -169,10 +171,14 @@ class NumpyDataset(ZeroCopyDataset):
         return src
 
     def columns(self) -> dict[str, np.ndarray[Any, Any]]:
+        if self._arrays is None:  # a worker could not map the files it was sent: say why, per batch
+            raise self._reopen_error
         return self._arrays
 
     def check_sources(self) -> None:
         """Each ``.npy`` file is still the one the dataset was built on (one ``stat`` per file)."""
+        if self._arrays is None:
+            raise self._reopen_error
         for name, identity in self._identities.items():
             check_unchanged(os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
 
@@ -185,7 +191,13 @@ class NumpyDataset(ZeroCopyDataset):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
+        try:
+            self._arrays = {name: self._open(name, src) for name, src in self._sources.items()}
+        except FileChangedError as err:
+            # raised at the first batch, where a DataLoader worker reports it to the main process
+            # (raised here, it would end the worker before its loop: "exited unexpectedly")
+            self._arrays = None
+            self._reopen_error = err
 
     def __repr__(self) -> str:
         return f"NumpyDataset({len(self)} samples, {self.schema})"
