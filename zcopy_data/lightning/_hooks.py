@@ -1,6 +1,6 @@
 """``ZeroCopyTransfer``: the batch-transfer hooks, as a mixin for any ``LightningDataModule``.
 
-Lightning moves a batch in three hooks; the mixin fills them the way DESIGN.md lays out the hop:
+Lightning moves a batch in three hooks; the mixin fills each with one stage of the device hop:
 
 * ``on_before_batch_transfer`` unwraps the ledger records a batch carries from its worker;
 * ``transfer_batch_to_device`` only moves (the stream-aware, non-blocking copy of

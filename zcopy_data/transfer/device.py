@@ -1,6 +1,6 @@
 """The host -> device hop: copies on one side stream, handed to the consumer by events.
 
-Rule by rule (DESIGN.md, "The GPU hop"):
+Rule by rule:
 
 1. copies read pinned memory (a gather buffer, or a slot of a :class:`PinnedBufferPool`) with
    ``non_blocking=True``; pageable memory is copied synchronously, and the ledger says so;
