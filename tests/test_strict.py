@@ -58,11 +58,13 @@ def test_read_only_memmap_is_remapped_copy_on_write(tmp_path):
     assert again.item() == -100.0  # documented: visible to later reads in this process
 
 
-def test_read_only_buffer_gives_tensor_without_warning():
+def test_read_only_buffer_is_refused_unless_only_read():
     data = bytes(range(8))
+    with pytest.raises(CopyRequiredError, match="expected writable memory, found a read-only array"):
+        strict_asarray(np.frombuffer(data, dtype=np.uint8), field="x")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        t = strict_asarray(np.frombuffer(data, dtype=np.uint8))
+        t = strict_asarray(np.frombuffer(data, dtype=np.uint8), allow_read_only=True)
     assert t.tolist() == list(range(8))
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from zcopy_data.ledger import CopyLedger, capture
+from zcopy_data.inspect import printable
+from zcopy_data.ledger import CopyLedger, Record, capture
 from zcopy_data.loader import ZeroCopyDataLoader
 from zcopy_data.recording import LedgerBatch, RecordingCollate, record_pin, record_threads
 
@@ -59,6 +60,11 @@ def _rng_untouched(loader: DataLoader[Any]) -> Iterator[None]:
         torch.set_rng_state(torch_state)
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+def _printable(records: Iterable[Record]) -> list[Record]:
+    """Records whose text prints on any terminal (the bytes of a non-UTF-8 file name escaped)."""
+    return [(stage, printable(name), printable(why), viewed, copied) for stage, name, why, viewed, copied in records]
 
 
 def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
@@ -112,12 +118,12 @@ def explain(loader: DataLoader[Any], batches: int = 8) -> CopyLedger:
         try:
             for item in itertools.islice(it, batches):
                 assert isinstance(item, LedgerBatch)
-                ledger.extend(item.records)
+                ledger.extend(_printable(item.records))
                 with capture() as main_records:
                     if threads:
                         record_threads(item.batch)
                     record_pin(item.batch, loader)
-                ledger.extend(main_records)
+                ledger.extend(_printable(main_records))
                 ledger.batches += 1
         finally:
             del it

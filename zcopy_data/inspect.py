@@ -145,19 +145,11 @@ def _leaf_name(typ: Any) -> str:
 
 
 def _inspect_parquet(path: str, cache_dir: str | None) -> SourceReport:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from zcopy_data.datasets._arrow_columns import unsupported_reason
-    from zcopy_data.datasets._decode_cache import cache_status, check_parquet_footer
+    from zcopy_data.datasets._decode_cache import cache_status, open_parquet
 
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise _corrupt(f"{path!r}: not a readable Parquet file ({err}); it is truncated or corrupt") from None
-    check_parquet_footer(path, pf)
+    pf, schema = open_parquet(path)  # the footer is read in a child first: a corrupt one can abort pyarrow
     meta = pf.metadata
-    schema = pf.schema_arrow
     nulls: dict[str, int] = {}
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
@@ -244,8 +236,25 @@ def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) 
     )
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name shown as ``\\xff`` escapes.
+
+    Python decodes such names with ``surrogateescape``; printing them raises
+    ``UnicodeEncodeError`` on a UTF-8 terminal, so every report escapes them first.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def format_report(report: SourceReport) -> str:
-    """The report as a text table."""
+    """The report as a text table (printable: a non-UTF-8 file name is escaped)."""
     head = ("field", "dtype", "shape", "zero-copy", "why")
     rows = [(f.name, f.dtype, f.shape, "yes" if f.zero_copy else "no", f.why) for f in report.fields]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
@@ -253,7 +262,7 @@ def format_report(report: SourceReport) -> str:
     for r in [head, (*("-" * w for w in widths), "---"), *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

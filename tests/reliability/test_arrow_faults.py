@@ -3,23 +3,32 @@
 Truncated, mislabelled, compressed and null-holding files end in ``CorruptFileError`` or
 ``UnsupportedColumnError`` naming the file or column, at construction; random byte flips in the
 metadata never crash the process; Parquet footers are checked against the file size before
-anything is decoded.
+anything is decoded, also by ``zcopy-data inspect``. Columns whose lists are all empty are served;
+names that are not UTF-8 (field names inside a file, file names on disk) are a clear error or are
+escaped when printed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
-from tests.reliability.support import run_isolated
-from zcopy_data import zero_copy_collate
+from tests.reliability.support import ROOT, run_isolated
+from zcopy_data import explain, zero_copy_collate
 from zcopy_data.datasets import ArrowDataset, CorruptFileError, UnsupportedColumnError
+from zcopy_data.inspect import inspect_path
 
 N = 100
 
@@ -242,3 +251,220 @@ def test_arrow_getitem_refuses_non_integer_indices(ipc: Path, index: Any) -> Non
 
     with pytest.raises(SampleIndexError):
         ArrowDataset(ipc)[index]
+
+
+# -- list columns whose lists are all empty ----------------------------------------------------------
+# Arrow points the empty data buffer of such a column at a static address outside the file: that is
+# not a compressed file, and a column with no bytes to read is still zero-copy, of shape (0,).
+E = 10
+
+
+def _write_table(path: Path, table: pa.Table, chunk: int | None = None) -> Path:
+    with pa.ipc.new_file(str(path), table.schema) as w:
+        for b in table.to_batches(max_chunksize=chunk):
+            w.write_batch(b)
+    return path
+
+
+EMPTY_LISTS = [
+    ("list", pa.list_(pa.float32()), [[]] * E, (0,), torch.float32),
+    ("large_list", pa.large_list(pa.int64()), [[]] * E, (0,), torch.int64),
+    ("nested", pa.list_(pa.list_(pa.int16())), [[]] * E, (0, 0), torch.int16),
+    ("nested_inner", pa.list_(pa.list_(pa.float64())), [[[], []]] * E, (2, 0), torch.float64),
+    ("fixed_size_0", pa.list_(pa.uint8(), 0), [[]] * E, (0,), torch.uint8),
+]
+
+
+def _empty_lists(typ: pa.DataType, values: list[Any]) -> pa.Table:
+    return pa.table({"e": pa.array(values, typ), "label": pa.array(np.arange(E, dtype=np.int64))})
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("typ", "values", "shape", "dtype"), [c[1:] for c in EMPTY_LISTS], ids=[c[0] for c in EMPTY_LISTS]
+)
+@pytest.mark.parametrize("chunk", [None, 3], ids=["one-batch", "record-batches-of-3"])
+def test_an_all_empty_list_column_is_served_not_called_compressed(
+    tmp_path: Path, typ: pa.DataType, values: list[Any], shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None
+) -> None:
+    ds = ArrowDataset(_write_table(tmp_path / "e.arrow", _empty_lists(typ, values), chunk))
+    assert ds.schema["e"].dtype == dtype and ds.schema["e"].shape == shape
+    for indices in ([0, 1, 2], [9, 0, 4], list(range(E))):  # a view, a gather, one spanning record batches
+        batch = zero_copy_collate(ds.__getitems__(indices))
+        assert batch["e"].shape == (len(indices), *shape) and batch["e"].dtype == dtype
+        assert batch["label"].tolist() == indices
+    assert ds[7]["e"].shape == shape
+    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=zero_copy_collate)
+    assert sorted(i for b in loader for i in b["label"].tolist()) == list(range(E))
+
+
+@pytest.mark.reliability
+def test_empty_lists_through_feather_parquet_and_inspect(tmp_path: Path) -> None:
+    table = _empty_lists(pa.list_(pa.float32()), [[]] * E)
+    feather.write_feather(table, tmp_path / "e.feather", compression="uncompressed")
+    assert zero_copy_collate(ArrowDataset(tmp_path / "e.feather").__getitems__([3, 4]))["e"].shape == (2, 0)
+    pq.write_table(table, tmp_path / "e.parquet")
+    ds = ArrowDataset.from_parquet(tmp_path / "e.parquet", cache_dir=tmp_path / "cache")
+    assert zero_copy_collate(ds.__getitems__([5, 1]))["e"].shape == (2, 0)
+    field = {f.name: f for f in inspect_path(tmp_path / "e.feather").fields}["e"]
+    assert field.zero_copy and field.shape == "(0,)", field
+    report = explain(DataLoader(ds, batch_size=5, collate_fn=zero_copy_collate), batches=2)
+    assert report.bytes_copied == 0  # a view of nothing and a view of the labels
+
+
+@pytest.mark.reliability
+def test_empty_lists_next_to_non_empty_ones_are_still_one_shape_per_column(tmp_path: Path) -> None:
+    schema = pa.schema([("e", pa.list_(pa.float32()))])
+    path = tmp_path / "mixed.arrow"
+    with pa.ipc.new_file(str(path), schema) as w:
+        w.write_batch(pa.record_batch([pa.array([[1.0, 2.0]] * 3, schema.field("e").type)], schema=schema))
+        w.write_batch(pa.record_batch([pa.array([[]] * 3, schema.field("e").type)], schema=schema))
+    with pytest.raises(UnsupportedColumnError, match=r"field 'e': record batch 1 has samples of shape \(0,\), earlier"):
+        ArrowDataset(path)
+
+
+@pytest.mark.reliability
+def test_a_compressed_file_is_still_called_compressed(tmp_path: Path) -> None:
+    table = pa.table({"x": pa.array(np.arange(100, dtype=np.float32)), "e": pa.array([[]] * 100, pa.list_(pa.int8()))})
+    path = tmp_path / "lz4.arrow"
+    with pa.ipc.new_file(str(path), table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+        w.write_table(table)
+    with pytest.raises(UnsupportedColumnError, match=r"field 'x': record batch 0 is not stored as plain bytes.*lz4"):
+        ArrowDataset(path)
+    ds = ArrowDataset(path, ["e"])  # nothing of 'e' needs decoding
+    assert zero_copy_collate(ds.__getitems__([0, 50]))["e"].shape == (2, 0)
+
+
+# -- zcopy-data inspect and names that are not UTF-8 ------------------------------------------------
+INSPECT = """
+import sys
+from zcopy_data.cli import main
+sys.exit(main(["inspect", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.reliability
+def test_inspect_refuses_the_aborting_parquet_footer_instead_of_dying(parquet: Path, tmp_path: Path) -> None:
+    raw = bytearray(parquet.read_bytes())
+    if (len(raw), _footer_layout(raw)) != (4348, 3068):
+        pytest.fail(f"this reproducer is specific to pyarrow 26.0's layout; found {(len(raw), _footer_layout(raw))}")
+    raw[3325] = 0x87  # the footer test_a_parquet_footer_that_breaks_pyarrow_is_an_error_not_an_abort uses
+    bad = tmp_path / "abort.parquet"
+    bad.write_bytes(raw)
+    proc = run_isolated(INSPECT, str(bad), "--cache-dir", str(tmp_path / "cache"), timeout=120)
+    assert proc.returncode == 2, f"rc={proc.returncode}: {proc.stderr[-300:]}"  # 2: a reported error, not -6
+    assert "abort.parquet': pyarrow crashed (signal SIGABRT) reading the Parquet footer" in proc.stderr
+    assert "the file is corrupt, write it again" in proc.stderr
+
+
+def _rename_bytes(path: Path, old: bytes, new: bytes) -> Path:
+    """Replace a name's bytes in place (same length: the flatbuffer stays well-formed)."""
+    raw = path.read_bytes()
+    assert len(old) == len(new) and old in raw
+    path.write_bytes(raw.replace(old, new))
+    return path
+
+
+def _ipc_with(tmp_path: Path, column: pa.Array, name: str = "colq") -> Path:
+    table = pa.table({name: column, "ok": pa.array(np.arange(len(column), dtype=np.int64))})
+    path = tmp_path / "names.arrow"
+    with pa.ipc.new_file(str(path), table.schema) as w:
+        w.write_table(table)
+    return path
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("column", "old", "what"),
+    [
+        (pa.array(np.arange(4, dtype=np.float32)), b"colq", "column 0"),
+        (pa.array([[1], [2], [3], [4]], pa.list_(pa.field("kidq", pa.int8()))), b"kidq", "column 0, child 0"),
+    ],
+    ids=["column", "nested-field"],
+)
+def test_a_non_utf8_field_name_in_an_ipc_file_is_a_corrupt_file_error(
+    tmp_path: Path, column: pa.Array, old: bytes, what: str
+) -> None:
+    path = _rename_bytes(_ipc_with(tmp_path, column), old, old[:-1] + b"\x87")
+    pattern = rf"names\.arrow': the name of {what} is not valid UTF-8 \(bytes b'.*\\x87'\).*fix: write it again"
+    with pytest.raises(CorruptFileError, match=pattern):
+        ArrowDataset(path)
+    with pytest.raises(CorruptFileError, match=pattern):
+        ArrowDataset.from_compressed(path, cache_dir=tmp_path / "cache")
+    proc = run_isolated(INSPECT, str(path), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "UnicodeDecodeError" not in proc.stderr and f"the name of {what} is not valid UTF-8" in proc.stderr
+
+
+@pytest.mark.reliability
+def test_inspect_names_a_non_utf8_parquet_column_name(parquet: Path, tmp_path: Path) -> None:
+    raw = bytearray(parquet.read_bytes())
+    raw[raw.index(b"\x18\x01x", _footer_layout(raw)) + 2] = 0x87  # the schema element's name "x"
+    bad = tmp_path / "name.parquet"
+    bad.write_bytes(raw)
+    proc = run_isolated(INSPECT, str(bad), "--cache-dir", str(tmp_path / "cache"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "UnicodeDecodeError" not in proc.stderr
+    assert "name.parquet': a column name in the Parquet footer is not valid UTF-8 (bytes b'\\x87')" in proc.stderr
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", ["parquet", "compressed"])
+def test_a_file_whose_name_is_not_utf8_is_read_decoded_and_inspected(tmp_path: Path, kind: str) -> None:
+    folder = os.fsencode(tmp_path)
+    raw_name = os.path.join(folder, b"caf\xe9." + (b"parquet" if kind == "parquet" else b"arrow"))  # latin-1
+    with open(raw_name, "wb") as f:  # pyarrow takes no such str path: write through a Python file
+        if kind == "parquet":
+            pq.write_table(_table(), f)
+        else:
+            with pa.ipc.new_file(f, _table().schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+                w.write_table(_table())
+    name = os.fsdecode(raw_name)  # '...caf\udce9.parquet', as os.listdir returns it
+    opener = ArrowDataset.from_parquet if kind == "parquet" else ArrowDataset.from_compressed
+    ds = opener(name, cache_dir=tmp_path / "cache")
+    assert zero_copy_collate(ds.__getitems__([3, 1]))["x"].tolist() == [3.0, 1.0]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict UTF-8 output, as in most containers and IDEs
+    proc = subprocess.run(
+        [sys.executable, "-c", INSPECT, name, "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "caf\\xe9." in proc.stdout  # the byte that is not UTF-8, escaped
+
+
+PRINT_EXPLAIN = """
+import os, sys, warnings
+from PIL import Image
+from torch.utils.data import DataLoader
+from zcopy_data import ImageFolderDataset, explain, zero_copy_collate
+root = os.fsencode(sys.argv[1])
+os.makedirs(os.path.join(root, b"cat"))
+Image.new("RGB", (8, 8)).save(os.fsdecode(os.path.join(root, b"cat", b"a.png")))
+with open(os.path.join(root, b"cat", b"caf\\xe9.png"), "wb") as f:  # latin-1 name, unreadable content
+    f.write(b"not a png")
+warnings.simplefilter("ignore")  # SkippedFileWarning
+ds = ImageFolderDataset(os.fsdecode(root), size=4, on_error="skip")
+print(explain(DataLoader(ds, batch_size=2, collate_fn=zero_copy_collate), batches=1))
+"""
+
+
+@pytest.mark.reliability
+def test_print_explain_escapes_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict UTF-8 output, as in most containers and IDEs
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINT_EXPLAIN, str(tmp_path / "images")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert "skipped unreadable file" in proc.stdout and "caf\\xe9.png" in proc.stdout
+    assert "total over 1 batches" in proc.stdout

@@ -108,8 +108,11 @@ class _Collate:
             if elem.dtype.kind in "US":
                 return default_collate(batch)  # type: ignore[arg-type]  # raises the same TypeError default_collate does
             tensors = [
-                strict_asarray(
-                    a, field=path if indices else f"{path or '<sample>'} (batch position {i})", index=_index(indices, i)
+                strict_asarray(  # only read: stacked into a fresh buffer, so read-only samples are fine
+                    a,
+                    field=path if indices else f"{path or '<sample>'} (batch position {i})",
+                    index=_index(indices, i),
+                    allow_read_only=True,
                 )
                 for i, a in enumerate(batch)
             ]

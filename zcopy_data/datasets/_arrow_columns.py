@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from zcopy_data.errors import CorruptFileError, UnsupportedColumnError
 
-__all__ = ["ColumnSpec", "chunk_view", "column_spec", "unsupported_reason"]
+__all__ = ["ColumnSpec", "check_names", "chunk_view", "column_spec", "unsupported_reason"]
 
 _SKIP_FIX = "or leave the column out with columns=[...]"
 
@@ -29,6 +29,31 @@ class ColumnSpec:
     name: str
     dtype: np.dtype[Any]
     dims: tuple[int | None, ...]
+
+
+def check_names(where: str, schema: pa.Schema) -> None:
+    """Every field name, nested ones included, is UTF-8 (the Arrow and Parquet formats require it).
+
+    pyarrow decodes names lazily and raises a bare ``UnicodeDecodeError`` wherever one is first
+    read; this reads them all once and turns a bad one into a :class:`CorruptFileError` naming
+    ``where`` (the file) and the column's position.
+    """
+
+    def check(f: pa.Field, what: str) -> None:
+        try:
+            f.name  # noqa: B018  # decoding the name is the check
+        except UnicodeDecodeError as err:
+            raise CorruptFileError(
+                f"{where}: the name of {what} is not valid UTF-8 (bytes {err.object!r}); Arrow and Parquet names "
+                "are UTF-8, so the file is corrupt or its writer broken; fix: write it again with UTF-8 names "
+                "(table.rename_columns([...]))"
+            ) from None
+        typ = f.type.storage_type if isinstance(f.type, pa.BaseExtensionType) else f.type
+        for j in range(typ.num_fields):
+            check(typ.field(j), f"{what}, child {j}")
+
+    for i in range(len(schema)):
+        check(schema.field(i), f"column {i}")
 
 
 def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
@@ -152,11 +177,21 @@ def chunk_view(
         _nulls(child, name, batch, row0)
         start, count, arr = start * k + child.offset, count * k, child
     dtype = spec.dtype
+    if len(spec.dims) == len(shape):
+        final = tuple(g if d is None else d for d, g in zip(spec.dims, shape, strict=True))
+    else:  # a fixed_shape_tensor: one flat list of prod(shape) values per sample
+        final = tuple(d or 0 for d in spec.dims)
+    if count == 0:
+        # Every list is empty: there is no byte to read, and Arrow points the empty data buffer at
+        # a static address outside the file. A zero-byte view of the mapping is the same column.
+        return file_bytes[:0].view(dtype).reshape(rows, *final), final
     data = arr.buffers()[1]
     if data is None:
-        if count == 0:
-            return np.empty((rows, *shape), dtype), tuple(shape)
-        raise CorruptFileError(f"field {name!r}: record batch {batch} has no data buffer", field=name)
+        raise CorruptFileError(
+            f"field {name!r}: record batch {batch} declares {count} values but has no data buffer; "
+            "the file is corrupt, write it again",
+            field=name,
+        )
     lo = data.address + start * dtype.itemsize
     nbytes = count * dtype.itemsize
     if start * dtype.itemsize + nbytes > data.size:
@@ -168,10 +203,6 @@ def chunk_view(
     if not (base <= lo and lo + nbytes <= base + file_bytes.size):
         raise _outside_mapping(name, batch)
     view = file_bytes[lo - base : lo - base + nbytes].view(dtype)
-    if len(spec.dims) == len(shape):
-        final = tuple(g if d is None else d for d, g in zip(spec.dims, shape, strict=True))
-    else:  # a fixed_shape_tensor: one flat list of prod(shape) values per sample
-        final = tuple(d or 0 for d in spec.dims)
     return view.reshape(rows, *final), final
 
 

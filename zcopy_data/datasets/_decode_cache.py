@@ -23,10 +23,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from zcopy_data.datasets._arrow_columns import check_names
 from zcopy_data.errors import CorruptFileError
 from zcopy_data.ledger import DECODE, record
 
-__all__ = ["PROGRESS_MIN_BYTES", "cache_status", "check_parquet_footer", "decoded_cache", "default_cache_dir"]
+__all__ = [
+    "PROGRESS_MIN_BYTES",
+    "cache_status",
+    "check_parquet_footer",
+    "decoded_cache",
+    "default_cache_dir",
+    "open_parquet",
+]
 
 PROGRESS_MIN_BYTES = 256 << 20
 """Sources at least this large show a progress bar while they are decoded."""
@@ -48,8 +56,9 @@ def _stamp(source: str) -> dict[str, Any]:
 
 def _paths(source: str, cache_dir: Path, columns: Sequence[str] | None, kind: str) -> tuple[Path, Path]:
     cols = None if columns is None else list(columns)  # a tuple and a list of the same names share a cache
-    key = hashlib.sha256(f"{os.path.realpath(source)}|{cols}|{kind}|{_VERSION}".encode()).hexdigest()[:16]
-    stem = Path(source).stem
+    real = os.fsencode(os.path.realpath(source))  # a file name need not be UTF-8
+    key = hashlib.sha256(real + f"|{cols}|{kind}|{_VERSION}".encode()).hexdigest()[:16]
+    stem = os.fsencode(Path(source).stem).decode("utf-8", "replace")  # the cache's own name is UTF-8
     return cache_dir / f"{stem}.{key}.arrow", cache_dir / f"{stem}.{key}.json"
 
 
@@ -77,19 +86,24 @@ def check_parquet_footer(source: str, pf: Any) -> None:
         raise CorruptFileError(f"{source!r}: row groups hold {rows} rows but the footer says {meta.num_rows}")
 
 
-# Reads every piece of footer metadata the in-process check reads. Some corrupt footers make
-# pyarrow abort the whole process (an uncaught C++ exception), so this runs first in a child.
+# Reads every piece of footer metadata the in-process checks (and zcopy-data inspect) read. Some
+# corrupt footers make pyarrow abort the whole process (an uncaught C++ exception), so this runs
+# first in a child.
 _FOOTER_PROBE = """
-import sys
+import os, sys
+import pyarrow as pa
 import pyarrow.parquet as pq
 try:
-    pf = pq.ParquetFile(sys.argv[1])
+    pf = pq.ParquetFile(pa.OSFile(os.fsencode(sys.argv[1])))
     meta = pf.metadata
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
         for c in range(rg.num_columns):
             col = rg.column(c)
             (col.dictionary_page_offset, col.data_page_offset, col.total_compressed_size, col.path_in_schema)
+            st = col.statistics  # zcopy-data inspect reads the null counts
+            if st is not None and st.has_null_count:
+                st.null_count
     pf.schema_arrow
 except Exception:
     pass  # ordinary errors are reported, with their message, by the in-process check
@@ -111,18 +125,34 @@ def probe_parquet_footer(source: str) -> None:
         )
 
 
-def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
+def open_parquet(source: str) -> tuple[Any, pa.Schema]:
+    """``(ParquetFile, Arrow schema)`` of ``source`` once its untrusted footer passed every check.
+
+    The footer is first read in a child process (a corrupt one can abort pyarrow), then checked
+    against the file's size; names must be UTF-8. Any failure is a ``CorruptFileError`` naming the file.
+    """
     import pyarrow.parquet as pq
 
     probe_parquet_footer(source)
     try:  # untrusted metadata: any failure to read it, names included, is a corrupt file
-        pf = pq.ParquetFile(source)
+        pf = pq.ParquetFile(pa.OSFile(os.fsencode(source)))  # bytes: pyarrow cannot take a non-UTF-8 str path
         check_parquet_footer(source, pf)
         schema = pf.schema_arrow
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as err:
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(
+            f"{source!r}: a column name in the Parquet footer is not valid UTF-8 (bytes {err.object!r}); Parquet "
+            "names are UTF-8, so the file is corrupt or its writer broken; fix: write it again with UTF-8 names"
+        ) from None
+    except (pa.ArrowInvalid, OSError, ValueError) as err:
         if isinstance(err, CorruptFileError):
             raise
         raise CorruptFileError(f"{source!r}: not a readable Parquet file ({err}); write it again") from None
+    check_names(repr(source), schema)
+    return pf, schema
+
+
+def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
+    pf, schema = open_parquet(source)
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
         if missing:
@@ -138,10 +168,11 @@ def _parquet_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Sch
 
 def _ipc_batches(source: str, columns: Sequence[str] | None) -> tuple[pa.Schema, int, Iterator[pa.RecordBatch]]:
     try:
-        reader = pa.ipc.open_file(pa.memory_map(source))
+        reader = pa.ipc.open_file(pa.memory_map(os.fsencode(source)))  # bytes: the name need not be UTF-8
     except (pa.ArrowInvalid, OSError) as err:
         raise CorruptFileError(f"{source!r}: not a readable Arrow IPC file ({err}); write it again") from None
     schema = reader.schema
+    check_names(repr(source), schema)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
 
@@ -202,7 +233,8 @@ def decoded_cache(
     try:
         opts = pa.ipc.IpcWriteOptions(compression=None)
         with (
-            pa.ipc.new_file(str(tmp), schema, options=opts) as writer,
+            pa.OSFile(os.fsencode(tmp), "wb") as sink,  # bytes: the folder's name need not be UTF-8
+            pa.ipc.new_file(sink, schema, options=opts) as writer,
             _progress(chunks, f"decoding {Path(source).name}", show) as bar,
         ):
             written = 0

@@ -24,7 +24,7 @@ from zcopy_data._dtypes import to_torch_dtype
 from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, identity_of
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
-from zcopy_data.datasets._arrow_columns import ColumnSpec, chunk_view, column_spec
+from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_view, column_spec
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
@@ -87,6 +87,7 @@ def open_ipc(
         raise CorruptFileError(
             f"{path!r}: cannot read it as an Arrow IPC file ({err}); the file is truncated or corrupt, write it again"
         ) from None
+    check_names(repr(path), reader.schema)
     return mapped, reader.schema, batches, identity
 
 
@@ -309,9 +310,17 @@ class ArrowDataset(ZeroCopyDataset):
             dims = tuple(d or 0 for d in field.shape)  # always fixed here
             itemsize = chunks[0].itemsize if chunks else 1
             row = itemsize * math.prod(dims)
+            if row == 0:  # every sample holds no values (all lists empty): a zero-byte source, one row per sample
+                src = torch.empty((self._n, *dims), dtype=field.dtype)
+                out[name] = (src, self._starts[:-1].copy(), 1)
+                continue
             offsets = [c.ctypes.data - base for c in chunks]
-            if row == 0 or any(o % itemsize for o in offsets):
-                raise SchemaError(f"field {name!r}: empty or misaligned rows cannot be gathered", field=name)
+            if any(o % itemsize for o in offsets):
+                raise CorruptFileError(
+                    f"field {name!r}: a record batch's values are not aligned to {itemsize} bytes in the file; "
+                    "a gather needs aligned rows; fix: write the file again with pyarrow (it aligns buffers)",
+                    field=name,
+                )
             inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
             residues = {o % row for o in offsets}
             if len(residues) <= 1:

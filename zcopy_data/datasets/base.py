@@ -207,10 +207,14 @@ class ZeroCopyDataset(Dataset[Any]):
         return cols
 
     def column_tensors(self) -> dict[str, torch.Tensor]:
-        """Whole columns as tensors over the same memory (the gather source), cached per process."""
+        """Whole columns as tensors over the same memory (the gather source), cached per process.
+
+        With ``copy=True`` every batch is a copy, so a read-only column is only ever read here and
+        is accepted; otherwise views of it would be handed out, and it is refused with the fix.
+        """
         cache = self.__dict__.get("_zc_tens")
         if cache is None:
-            cache = {n: strict_asarray(c, field=n) for n, c in self._zc_columns().items()}
+            cache = {n: strict_asarray(c, field=n, allow_read_only=self.copy) for n, c in self._zc_columns().items()}
             self.__dict__["_zc_tens"] = cache
         return cache
 
