@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(model, dm)
     if trainer.is_global_zero:
         print(f"trained {args.epochs} epochs on {trainer.world_size} processes, shuffle={args.shuffle!r}")
+    if torch.distributed.is_initialized():
+        # gloo's threads must stop before the interpreter does, or a process may abort at exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 from pathlib import Path
@@ -17,8 +18,11 @@ from zcopy_data.errors import FileChangedError
 
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Registrations made here do not outlive the test (they hold their mappings open)."""
-    monkeypatch.setattr(_mapping, "_ranges", {})
+    """A fresh cache of shared mappings and memmap registrations for each test.
+
+    The range registry itself is left alone: a range of another test's mapping freed during this
+    one must be forgotten in the registry that outlives the test, not in a stand-in.
+    """
     monkeypatch.setattr(_mapping, "_by_array", weakref.WeakKeyDictionary())
     monkeypatch.setattr(_mapping, "_maps", weakref.WeakValueDictionary())
 
@@ -132,3 +136,24 @@ def test_mappings_no_dataset_or_batch_uses_are_released(tmp_path: Path, workers:
     assert _mapping.mapping_count() == baseline
     maps = _mapped_paths()
     assert not [p for p in paths if p in maps], "a deleted shard is still mapped"
+
+
+def test_a_range_is_not_trusted_once_its_mapping_is_freed(tmp_path):
+    """CPython unmaps an mmap before its finalizers run (the GIL released in between), and a worker
+    forked in that window inherits the range: a range must die with its mapping, finalizer or not."""
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(1000, dtype=np.int64))
+    arr = _mapping.file_array(path, 128, (1000,), np.dtype(np.int64), shared=False)
+    start = arr.ctypes.data
+    assert _mapping._range_holding(start) is not None
+    assert _mapping.describe_file_view(torch.from_numpy(arr)) is not None
+    key = next(k for k, r in _mapping._ranges.items() if r.start <= start < r.stop)
+    rng, ref = _mapping._ranges[key], _mapping._owners[key]
+    del arr
+    gc.collect()
+    assert key not in _mapping._ranges  # forgotten by its finalizer, normally
+    # the state a worker forked in the window inherits: the mapping gone, its range still listed
+    _mapping._ranges[key], _mapping._owners[key] = rng, ref
+    assert ref() is None
+    assert _mapping._range_holding(start) is None  # never used ...
+    assert key not in _mapping._ranges and key not in _mapping._owners  # ... and dropped

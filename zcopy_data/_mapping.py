@@ -170,12 +170,40 @@ _lock = threading.RLock()  # re-entrant: a finalizer (_forget) may run while thi
 _maps: weakref.WeakValueDictionary[tuple[str, FileIdentity], mmap.mmap] = weakref.WeakValueDictionary()
 _made: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # every live mapping made here, shared or not
 _ranges: dict[int, FileRange] = {}  # key -> range, removed when its owner is freed
+# key -> the owner that keeps the range mapped. A range is trusted only while its owner is alive:
+# CPython unmaps an mmap *before* it clears the mmap's weak references (and so before _forget
+# runs), with the GIL released in between; a range read in that window -- or inherited by a
+# DataLoader worker forked in it -- names addresses a new mapping of another file may take.
+# A weak reference to an object being freed reads None at once, so checking it closes the window.
+_owners: dict[int, weakref.ref[Any]] = {}
 _next_key = iter(range(1 << 62))
 
 
 def _forget(key: int) -> None:
     with _lock:
         _ranges.pop(key, None)
+        _owners.pop(key, None)
+
+
+def _add_range(rng: FileRange, owner: Any) -> int:
+    """Register ``rng``, kept while ``owner`` lives (call with ``_lock`` held)."""
+    key = next(_next_key)
+    _ranges[key] = rng
+    _owners[key] = weakref.ref(owner)
+    return key
+
+
+def _live_ranges() -> list[FileRange]:
+    """The registered ranges whose mapping is certainly alive, newest first."""
+    with _lock:
+        live = []
+        for key in reversed(list(_ranges)):
+            ref = _owners.get(key)
+            if ref is not None and ref() is not None:
+                live.append(_ranges[key])
+            else:
+                _forget(key)  # its owner is being freed: its finalizer will find nothing left
+        return live
 
 
 def register_file_range(start: int, nbytes: int, path: str, file_offset: int, owner: Any) -> FileRange:
@@ -188,11 +216,10 @@ def register_file_range(start: int, nbytes: int, path: str, file_offset: int, ow
     real = os.path.realpath(path)
     rng = FileRange(start, start + nbytes, real, file_offset, identity_of(path))
     with _lock:
-        for r in _ranges.values():
-            if r == rng:
+        for k, r in _ranges.items():
+            if r == rng and _owners[k]() is owner:
                 return r
-        key = next(_next_key)
-        _ranges[key] = rng
+        key = _add_range(rng, owner)
     weakref.finalize(owner, _forget, key)
     return rng
 
@@ -222,8 +249,7 @@ def _private_map(path: str, identity: FileIdentity | None, shared: bool) -> tupl
                 _maps[(real, found)] = mm
             _made.add(mm)
             start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-            key = next(_next_key)
-            _ranges[key] = FileRange(start, start + len(mm), real, 0, found)
+            key = _add_range(FileRange(start, start + len(mm), real, 0, found), mm)
         weakref.finalize(mm, _forget, key)
         return mm, found
 
@@ -320,8 +346,7 @@ def register_file_array(arr: np.ndarray[Any, Any] | torch.Tensor) -> FileRange |
 
 
 def _range_holding(ptr: int) -> FileRange | None:
-    with _lock:
-        return next((r for r in _ranges.values() if r.start <= ptr < r.stop), None)
+    return next((r for r in _live_ranges() if r.start <= ptr < r.stop), None)
 
 
 def describe_file_view(t: torch.Tensor) -> FileDescriptor | None:
@@ -331,9 +356,7 @@ def describe_file_view(t: torch.Tensor) -> FileDescriptor | None:
     ptr = t.data_ptr()
     layout = Layout.of(t, 0)
     end = ptr + layout.extent
-    with _lock:
-        ranges = list(_ranges.values())
-    for r in ranges:
+    for r in _live_ranges():
         if r.start <= ptr and end <= r.stop:
             return FileDescriptor(r.path, r.identity, layout._replace(offset=r.file_offset + ptr - r.start))
     return None

@@ -41,7 +41,11 @@ class Reusable:
 
     def referenced(self) -> bool:
         """True while a tensor, view or array other than the pool's own references the buffer."""
-        return any(use_count(s) != b for s, b in zip(self._storages, self._baselines, strict=True))
+        # a plain loop: this runs for every buffer a pool looks at, once per batch and field
+        for s, b in zip(self._storages, self._baselines, strict=True):
+            if use_count(s) != b:
+                return True
+        return False
 
     def wait_for(self, event: Any) -> None:
         """Do not reuse the buffer before ``event`` (the copy reading it) has completed."""
@@ -63,7 +67,12 @@ class Reusable:
 
     def is_free(self) -> bool:
         """Nothing references the buffer and no copy reads it: it may be written again."""
-        return not self.copying() and not self.referenced()
+        return (self._event is None or not self.copying()) and not self.referenced()
+
+
+def _alias(buf: torch.Tensor) -> torch.Tensor:
+    """A new tensor over ``buf``'s storage (one more reference to it); ``detach`` is the cheapest."""
+    return buf.detach()
 
 
 class ReusePool:
@@ -103,12 +112,12 @@ class ReusePool:
                 self._bufs.move_to_end(key)
             for buf, state in bufs:
                 if state.is_free():
-                    return buf.view(buf.shape)
+                    return _alias(buf)
             if len(bufs) >= self.per_key:
                 return self.make(key[0], dtype) if self.overflow else None
             buf = self.make(key[0], dtype)
             bufs.append((buf, Reusable([buf])))
-            return buf.view(buf.shape)
+            return _alias(buf)
 
     @property
     def nbytes(self) -> int:
