@@ -33,11 +33,21 @@ import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from zcopy_bench.data import default_cache_dir, make_synthetic
 
 from zcopy_data import NumpyDataset, zero_copy_collate
-from zcopy_data.benchmark.data import default_cache_dir, make_synthetic
 from zcopy_data.datasets import ArrowDataset, ImageFolderDataset
-from zcopy_data.datasets._image_decode import open_rgb
+
+
+def open_rgb(path: str, size: tuple[int, int], resample: Any) -> Image.Image:
+    """The decode ImageFolderDataset does (JPEG draft mode, RGB, resize to (H, W)), one file."""
+    h, w = size
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (w, h))
+        rgb = im.convert("RGB") if im.mode != "RGB" else im
+        rgb.load()
+        return rgb.resize((w, h), resample) if rgb.size != (w, h) else rgb
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sources.json"
 
@@ -223,7 +233,7 @@ def bench_images(args: argparse.Namespace) -> list[dict[str, Any]]:
     root = image_folder(args.images, (args.src_width, args.src_height))
     size = (args.size, args.size)
     ds = ImageFolderDataset(root, size=size)
-    files, labels = ds.files, [int(x) for x in ds._labels]
+    files, labels = ds.files, [int(x) for x in ds.labels]
     order = np.random.default_rng(0).permutation(len(files))
 
     def bare() -> Iterable[int]:

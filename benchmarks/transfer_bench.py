@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from zcopy_data.benchmark.contenders import PerSampleNpy  # noqa: E402
+from zcopy_bench.contenders import PerSampleNpy  # noqa: E402
+
 from zcopy_data.collate import zero_copy_collate  # noqa: E402
 from zcopy_data.datasets import NumpyDataset  # noqa: E402
 from zcopy_data.transfer import Cast, DeviceCast, DevicePrefetcher, PinnedBufferPool, to_device  # noqa: E402

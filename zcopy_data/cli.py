@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from zcopy_data.benchmark.runner import BenchConfig
+from types import ModuleType
+from typing import Any
 
 from zcopy_data.inspect import add_inspect_parser
 
 __all__ = ["main"]
+
+
+_BENCH_MISSING = (
+    "the benchmark (package zcopy_bench, in the benchmarks/ folder of the source repository) is not "
+    "shipped in the wheel and was not found here; run this from a clone of the repository "
+    "(git clone ..., cd into it, then `make bench`), or put its benchmarks/ folder on PYTHONPATH"
+)
+
+
+def _bench(module: str) -> ModuleType:
+    """``zcopy_bench.<module>``, from ``PYTHONPATH`` or the ``benchmarks/`` folder of a source checkout.
+
+    The benchmark (contenders, peers, fork server) lives outside the package, so the wheel carries
+    none of it; ``zcopy-data bench`` finds it in the checkout it runs from, or next to an editable
+    install.
+    """
+    try:
+        return importlib.import_module(f"zcopy_bench.{module}")
+    except ModuleNotFoundError as err:
+        if err.name not in ("zcopy_bench", f"zcopy_bench.{module}"):
+            raise
+    here = Path.cwd().resolve()
+    checkouts = (here, *here.parents, Path(__file__).resolve().parents[1])
+    for folder in (p / "benchmarks" for p in checkouts):
+        if (folder / "zcopy_bench" / "__init__.py").is_file():
+            sys.path.insert(0, str(folder))
+            return importlib.import_module(f"zcopy_bench.{module}")
+    raise SystemExit(f"zcopy-data: {_BENCH_MISSING}")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -28,7 +55,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _orders(text: str) -> tuple[str, ...]:
-    from zcopy_data.benchmark.contenders import ORDERS
+    ORDERS = _bench("contenders").ORDERS
 
     vals = tuple(text.split(","))
     bad = [v for v in vals if v not in ORDERS]
@@ -38,7 +65,7 @@ def _orders(text: str) -> tuple[str, ...]:
 
 
 def _contenders(text: str) -> tuple[str, ...]:
-    from zcopy_data.benchmark.contenders import CONTENDERS
+    CONTENDERS = _bench("contenders").CONTENDERS
 
     vals = tuple(text.split(","))
     bad = [v for v in vals if v not in CONTENDERS]
@@ -67,8 +94,8 @@ def _seconds(text: str) -> float:
     return v
 
 
-def _bench_config(args: argparse.Namespace) -> BenchConfig:
-    from zcopy_data.benchmark.runner import BenchConfig
+def _bench_config(args: argparse.Namespace) -> Any:
+    BenchConfig = _bench("runner").BenchConfig
 
     parser: argparse.ArgumentParser = args.parser
     if args.path is not None and args.synthetic:
@@ -89,10 +116,10 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from zcopy_data.benchmark.report import format_table, plot
-    from zcopy_data.benchmark.runner import run_bench
     from zcopy_data.errors import ZeroCopyError
 
+    report, run_bench = _bench("report"), _bench("runner").run_bench
+    format_table, plot = report.format_table, report.plot
     cfg = _bench_config(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
@@ -119,9 +146,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
     import torch
 
     from zcopy_data import NumpyDataset, ZeroCopyDataLoader, explain
-    from zcopy_data.benchmark.data import make_synthetic
-    from zcopy_data.benchmark.report import format_table
-    from zcopy_data.benchmark.runner import BenchConfig, run_bench
+    make_synthetic, format_table = _bench("data").make_synthetic, _bench("report").format_table
+    runner = _bench("runner")
+    BenchConfig, run_bench = runner.BenchConfig, runner.run_bench
 
     cfg = BenchConfig.quick(contenders=("default", "zcopy"), max_pass_s=0.5)
     paths = make_synthetic(cfg.n, cfg.shape)

@@ -1,9 +1,9 @@
 """The benchmark behind ``zcopy-data bench``: zcopy_data against the default PyTorch path and peers."""
 
-from zcopy_data.benchmark.data import DataSource, make_synthetic, open_source, synthetic_source
-from zcopy_data.benchmark.report import format_markdown, format_table, plot
-from zcopy_data.benchmark.runner import BenchConfig, run_bench
-from zcopy_data.benchmark.schema import validate_result
+from zcopy_bench.data import DataSource, make_synthetic, open_source, synthetic_source
+from zcopy_bench.report import format_markdown, format_table, plot
+from zcopy_bench.runner import BenchConfig, run_bench
+from zcopy_bench.schema import validate_result
 
 __all__ = [
     "BenchConfig",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from zcopy_data.errors import SchemaError
+from zcopy_data import SchemaError
 
 __all__ = ["DataSource", "default_cache_dir", "make_synthetic", "open_source", "synthetic_source"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zcopy_data.benchmark.data import DataSource
+from zcopy_bench.data import DataSource
 
 __all__ = ["LIMITS", "measure_limits"]
 

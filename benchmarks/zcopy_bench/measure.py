@@ -1,7 +1,7 @@
 """Measurements, each in a fresh process.
 
-``python -m zcopy_data.benchmark.measure '<json spec>'`` runs one and prints its JSON result.
-``python -m zcopy_data.benchmark.measure --serve`` is the runner's fork server: it imports torch,
+``python -m zcopy_bench.measure '<json spec>'`` runs one and prints its JSON result.
+``python -m zcopy_bench.measure --serve`` is the runner's fork server: it imports torch,
 zcopy_data and the installed peers once, then forks a fresh child for every spec line it reads
 on stdin and writes the child's JSON result as one line. Every measurement so starts from the
 same untouched allocator state (glibc keeping or returning freed buffers makes the default path
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from zcopy_data.benchmark.contenders import CONTENDERS, batch_len, build_loader, make_batch_sampler
-from zcopy_data.benchmark.data import DataSource
-from zcopy_data.benchmark.limits import measure_limits
+from zcopy_bench.contenders import CONTENDERS, batch_len, build_loader, make_batch_sampler
+from zcopy_bench.data import DataSource
+from zcopy_bench.limits import measure_limits
 
 __all__ = ["measure", "memory_mib"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from zcopy_data.benchmark.data import DataSource
+from zcopy_bench.data import DataSource
 
 __all__ = ["build_hf", "build_tensordict", "hf_copies", "prepare_hf", "prepare_tensordict", "tensordict_copies"]
 

@@ -1,7 +1,7 @@
 """The shape of the benchmark's JSON record, checked by :func:`validate_result`.
 
 Tools that read ``bench.json`` (the README table, CI comparisons) rely on these keys; a change
-here bumps :data:`~zcopy_data.benchmark.runner.SCHEMA_VERSION`.
+here bumps :data:`~zcopy_bench.runner.SCHEMA_VERSION`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zcopy_bench import validate_result
 
-from zcopy_data.benchmark import validate_result
 from zcopy_data.cli import main
 
 

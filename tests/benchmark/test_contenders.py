@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from zcopy_data.benchmark.contenders import (
+from zcopy_bench.contenders import (
     CONTENDERS,
     ORDERS,
     PerSampleNpy,
@@ -19,8 +18,8 @@ from zcopy_data.benchmark.contenders import (
     build_loader,
     make_batch_sampler,
 )
-from zcopy_data.benchmark.data import DataSource, open_source
-from zcopy_data.benchmark.measure import MAX_PASSES, measure
+from zcopy_bench.data import DataSource, open_source
+from zcopy_bench.measure import MAX_PASSES, measure
 
 INSTALLED = [n for n in CONTENDERS if available(n)[0]]
 
@@ -135,8 +134,7 @@ def test_zcopy_sequential_batch_is_a_view(npy_folder: Path, tmp_path: Path) -> N
 @pytest.mark.skipif(importlib.util.find_spec("tensordict") is None, reason="tensordict is not installed")
 def test_tensordict_batch_is_a_gathered_copy(npy_folder: Path, tmp_path: Path) -> None:
     from tensordict import TensorDict
-
-    from zcopy_data.benchmark.peers import _cache_dir
+    from zcopy_bench.peers import _cache_dir
 
     src = open_source(npy_folder)
     (batch,) = _first_batches("tensordict", src, "seq", tmp_path, k=1)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zcopy_bench.data import open_source, synthetic_source
 
-from zcopy_data.benchmark.data import open_source, synthetic_source
 from zcopy_data.errors import SchemaError
 
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from zcopy_data.benchmark import BenchConfig, format_markdown, format_table, plot, run_bench, validate_result
-from zcopy_data.benchmark.contenders import CONTENDERS, available
-from zcopy_data.benchmark.runner import _targets, _worker_targets
+from zcopy_bench import BenchConfig, format_markdown, format_table, plot, run_bench, validate_result
+from zcopy_bench.contenders import CONTENDERS, available
+from zcopy_bench.runner import _targets, _worker_targets
 
 INSTALLED = [n for n in CONTENDERS if available(n)[0]]
 
@@ -57,7 +56,7 @@ def test_every_installed_contender_has_every_cell(result: dict[str, Any]) -> Non
         if w >= CONTENDERS[n].min_workers  # the worker-process row exists only with workers
     }
     assert cells == expected
-    assert ("zcopy-proc", "shuffle", 1) in cells and ("zcopy-proc", "shuffle", 0) not in cells
+    assert ("plain", "shuffle", 1) in cells and ("plain", "shuffle", 0) in cells
     assert {s["contender"] for s in result["skipped"]} == set(CONTENDERS) - set(INSTALLED)
     assert set(result["contenders"]) == set(INSTALLED)
 
@@ -89,10 +88,13 @@ def test_machine_and_versions(result: dict[str, Any]) -> None:
 def test_targets_only_for_the_reference_data(result: dict[str, Any]) -> None:
     assert result["targets"] == []  # the goals are stated for generated (3, 64, 64) images at batch 256
     targets = _targets(result["rows"])
-    assert [t["goal"] for t in targets] == [0.8, 4.0]
-    zcopy = next(r for r in result["rows"] if (r["contender"], r["order"], r["workers"]) == ("zcopy", "shuffle", 0))
+    assert [t["goal"] for t in targets] == [0.9, 4.0, 4.0, 0.9]
+    cell = {(r["contender"], r["order"], r["workers"]): r for r in result["rows"]}
+    zcopy, plain = cell[("zcopy", "shuffle", 0)], cell[("plain", "shuffle", 0)]
     assert targets[0]["value"] == zcopy["fraction_of_gather_1t"]
     assert targets[1]["value"] == zcopy["ratio_to_default"]
+    assert targets[2]["value"] == plain["ratio_to_default"]
+    assert targets[3]["value"] == pytest.approx(plain["samples_per_s"] / zcopy["samples_per_s"])
     for t in targets:
         assert t["met"] == (t["value"] >= t["goal"])
     paired = [{"order": "seq", "workers": 2, "ratio": 0.97, "ratios": [0.97]}]

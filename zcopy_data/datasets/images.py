@@ -151,6 +151,13 @@ class ImageFolderDataset(ZeroCopyDataset):
         self._shape = (h, w, 3) if channels_last else (3, h, w)
         self.schema = Schema({"image": Field(torch.uint8, self._shape), "label": Field(torch.int64)})
 
+    @property
+    def labels(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Each file's integer label, in ``files`` order (a read-only view)."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
+
     # -- Dataset ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.files)
