@@ -15,7 +15,7 @@ from torch.utils.data import get_worker_info
 
 from zcopy_data import NumpyDataset
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
 
 

@@ -17,6 +17,8 @@ from zcopy_data import NumpyDataset, zero_copy_collate
 from zcopy_data.ledger import LEDGER
 from zcopy_data.samplers import BlockShuffleSampler
 
+pytestmark = pytest.mark.reliability
+
 SETTINGS = settings(max_examples=100, deadline=None)
 
 

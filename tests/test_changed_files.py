@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import run_isolated
+from tests.support import run_isolated
 from zcopy_data import FileChangedError, NumpyDataset, zero_copy_collate
 
 pytestmark = pytest.mark.reliability

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import consume
+from tests.support import consume
 from zcopy_data import NumpyDataset, zero_copy_collate
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
 N = 203  # not a multiple of any batch size used below
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader, Sampler, default_collate
 
-from tests.reliability.support import SleepingDataset, consume, run_isolated, torch_segments
+from tests.support import SleepingDataset, consume, run_isolated, torch_segments
 from zcopy_data import NumpyDataset, SampleIndexError, zero_copy_collate
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 
 # (workers, multiprocessing context); one spawned worker is enough to cross the spawn boundary and
 # halves the interpreter starts it costs
@@ -138,7 +138,7 @@ import json, os, sys, time
 import numpy as np
 import torch.multiprocessing
 from torch.utils.data import DataLoader
-from tests.reliability.support import ExitingDataset, torch_segments
+from tests.support import ExitingDataset, torch_segments
 from zcopy_data import zero_copy_collate
 
 ctx, strategy, shuffle = sys.argv[1], sys.argv[2], sys.argv[3] == "shuffle"
@@ -199,7 +199,7 @@ import gc, json, sys
 import numpy as np
 import torch.multiprocessing
 from torch.utils.data import DataLoader
-from tests.reliability.support import torch_segments
+from tests.support import torch_segments
 from zcopy_data import NumpyDataset, zero_copy_collate
 
 torch.multiprocessing.set_sharing_strategy("file_system")
@@ -237,7 +237,7 @@ SIGNALLED_WORKERS = """
 import json, signal, time
 import numpy as np
 from torch.utils.data import DataLoader
-from tests.reliability.support import ExitingDataset
+from tests.support import ExitingDataset
 from zcopy_data import zero_copy_collate
 
 src = np.arange(200 * 16, dtype=np.float32).reshape(200, 16)

@@ -1,17 +1,20 @@
 """``docs/RELIABILITY.md`` stays exact: every test it cites exists with the status it claims, and every
-test of this suite is cited."""
+test marked ``reliability`` (anywhere under ``tests/``) is cited."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-DOC = HERE.parents[1] / "docs" / "RELIABILITY.md"
-REF = re.compile(r"`(?:(test_\w+\.py))?::(test_\w+)(?:\[[^\]`]*\])?`")
+pytestmark = pytest.mark.reliability
+
+TESTS = Path(__file__).resolve().parent
+DOC = TESTS.parent / "docs" / "RELIABILITY.md"
+REF = re.compile(r"`(?:((?:\w+/)*test_\w+\.py))?::(test_\w+)(?:\[[^\]`]*\])?`")
 
 
 def _marks(node: ast.FunctionDef) -> set[str]:
@@ -23,13 +26,32 @@ def _marks(node: ast.FunctionDef) -> set[str]:
     return names
 
 
+def _module_marks(tree: ast.Module) -> set[str]:
+    """The marks of a module's ``pytestmark`` (one mark or a list of them)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            values = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+            return {
+                a.attr
+                for v in values
+                for a in [v.func if isinstance(v, ast.Call) else v]
+                if isinstance(a, ast.Attribute)
+            }
+    return set()
+
+
+@functools.cache
 def _suite() -> dict[tuple[str, str], set[str]]:
-    """(file, test) -> the pytest marks on it, for every test function of this folder."""
+    """(file relative to tests/, test) -> its pytest marks, for every test marked ``reliability``."""
     tests = {}
-    for path in sorted(HERE.glob("test_*.py")):
-        for node in ast.parse(path.read_text()).body:
+    for path in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module = _module_marks(tree)
+        for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                tests[(path.name, node.name)] = _marks(node)
+                marks = module | _marks(node)
+                if "reliability" in marks:
+                    tests[(path.relative_to(TESTS).as_posix(), node.name)] = marks
     return tests
 
 
@@ -73,4 +95,5 @@ def test_every_cited_test_exists_with_the_claimed_status(status: str, refs: list
 def test_every_test_of_the_suite_is_in_the_document() -> None:
     cited = {ref for _, refs in _rows() for ref in refs}
     missing = sorted(f"{f}::{t}" for f, t in _suite() if (f, t) not in cited and f != Path(__file__).name)
+    assert len(_suite()) > 100  # the reliability suite is found across the mirror
     assert missing == [], f"tests missing from RELIABILITY.md: {missing}"

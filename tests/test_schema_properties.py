@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import consume
+from tests.support import consume
 from zcopy_data import (
     DtypeDriftError,
     Field,
@@ -22,6 +22,8 @@ from zcopy_data import (
     ZeroCopyDataset,
     zero_copy_collate,
 )
+
+pytestmark = pytest.mark.reliability
 
 SETTINGS = settings(max_examples=100, deadline=None)
 DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 
 from zcopy_data import NumpyDataset, SchemaError, zero_copy_collate
 
-PACKAGE = Path(__file__).resolve().parents[2] / "zcopy_data"
+pytestmark = pytest.mark.reliability
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zcopy_data"
 
 
 class Payload:

@@ -1,7 +1,7 @@
 """``strict_asarray`` with ``torch.asarray``'s keywords: what it accepts, and shares.
 
 Raw bytes with a dtype, typed buffers, DLPack exports NumPy cannot import. The refusals and the
-property tests are in ``tests/reliability/test_strict_properties.py``.
+property tests are in ``tests/test_strict_properties.py``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.support import run_isolated
+from tests.support import run_isolated
 from zcopy_data import CopyRequiredError, NumpyDataset, ZeroCopyDataset, strict_asarray, zero_copy_collate
+
+pytestmark = pytest.mark.reliability
 
 DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint16, np.uint32, np.uint64,
           np.float16, np.float32, np.float64, np.complex64, np.complex128]  # fmt: skip
@@ -99,7 +101,6 @@ ROUTES = {
 NATIVE = [d for d in DTYPES if d not in (np.uint8, np.int8, np.bool_)]  # 1-byte buffers read as raw bytes
 
 
-@pytest.mark.reliability
 @settings(max_examples=200, deadline=None)
 @given(
     dtype=st.sampled_from(NATIVE),
@@ -132,7 +133,6 @@ def test_strict_asarray_shares_memory_or_raises_never_copies(
 RAW = [bytearray(8), memoryview(bytearray(8)), bytes(8)]
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint8, np.bool_, np.complex64])
 def test_a_0d_array_shares_its_memory(dtype: Any) -> None:
     arr = np.zeros((), dtype)
@@ -146,7 +146,6 @@ def test_a_0d_array_shares_its_memory(dtype: Any) -> None:
     assert strict_asarray(view).data_ptr() == view.ctypes.data
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize("scalar", [np.float32(1.5), np.int64(3), np.bool_(True), np.arange(4)[2]])
 def test_a_numpy_scalar_is_refused_not_copied(scalar: Any) -> None:
     pattern = r"field 'x' at index 2: expected an array.*NumPy scalar.*arr\[i, \.\.\.\]"
@@ -156,7 +155,6 @@ def test_a_numpy_scalar_is_refused_not_copied(scalar: Any) -> None:
     assert copied.item() == scalar.item()
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize("raw", RAW, ids=["bytearray", "memoryview", "bytes"])
 def test_a_raw_buffer_needs_an_explicit_dtype(raw: Any) -> None:
     pattern = (
@@ -169,7 +167,6 @@ def test_a_raw_buffer_needs_an_explicit_dtype(raw: Any) -> None:
         strict_asarray(raw, copy=True)
 
 
-@pytest.mark.reliability
 def test_read_only_memory_is_refused_with_the_fix() -> None:
     ro = np.frombuffer(bytes(range(16)), dtype=np.uint8)
     pattern = (
@@ -194,7 +191,6 @@ def test_read_only_memory_is_refused_with_the_fix() -> None:
     assert only_read.data_ptr() == ro.ctypes.data
 
 
-@pytest.mark.reliability
 def test_numpy_honours_the_dlpack_read_only_flag() -> None:
     """The read-only check of DLPack exports rests on this documented NumPy behaviour: fail loudly if it changes."""
     ro = np.frombuffer(np.arange(4, dtype=np.float32).tobytes(), dtype=np.float32)
@@ -203,7 +199,6 @@ def test_numpy_honours_the_dlpack_read_only_flag() -> None:
     assert np.from_dlpack(_DLPack(np.zeros(2)), copy=False).flags.writeable
 
 
-@pytest.mark.reliability
 def test_a_dlpack_export_flagged_read_only_is_refused() -> None:
     writable = np.arange(4, dtype=np.float32)
     t = strict_asarray(_DLPack(writable))
@@ -217,7 +212,6 @@ def test_a_dlpack_export_flagged_read_only_is_refused() -> None:
         strict_asarray(_DLPack(writable), dtype=torch.int64)
 
 
-@pytest.mark.reliability
 def test_a_read_only_cuda_array_interface_is_refused_before_torch_reads_it() -> None:
     class Device:
         __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "data": (0, True), "version": 3}  # noqa: RUF012
@@ -226,7 +220,6 @@ def test_a_read_only_cuda_array_interface_is_refused_before_torch_reads_it() -> 
         strict_asarray(Device(), field="g")
 
 
-@pytest.mark.reliability
 def test_a_pyarrow_array_with_nulls_is_refused_without_a_warning() -> None:
     arr = pa.array([1.0, None, 3.0], pa.float32())
     for copy in (False, True):
@@ -238,7 +231,6 @@ def test_a_pyarrow_array_with_nulls_is_refused_without_a_warning() -> None:
         assert [str(w.message) for w in caught] == []
 
 
-@pytest.mark.reliability
 def test_a_pyarrow_array_is_read_only_memory() -> None:
     arr = pa.array(np.arange(5, dtype=np.int64))
     with warnings.catch_warnings(record=True) as caught:
@@ -253,7 +245,6 @@ def test_a_pyarrow_array_is_read_only_memory() -> None:
     assert arr.to_pylist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.reliability
 def test_requires_grad_shares_memory_and_refuses_integers() -> None:
     arr = np.ones(3, np.float32)
     t = strict_asarray(arr, requires_grad=True)
@@ -271,7 +262,6 @@ def test_requires_grad_shares_memory_and_refuses_integers() -> None:
     assert strict_asarray(np.arange(3.0), copy=True, requires_grad=True).requires_grad
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize(
     "obj",
     [[1, 2], np.zeros(3, ">f4"), np.zeros(3)[::-1], np.float64(1), np.frombuffer(b"abcd", np.uint8), object()],
@@ -294,7 +284,6 @@ class _Columns(ZeroCopyDataset):
         return self.cols
 
 
-@pytest.mark.reliability
 def test_a_read_only_column_is_served_only_as_copies() -> None:
     ro = np.frombuffer(np.arange(12, dtype=np.int32).tobytes(), dtype=np.int32).reshape(6, 2)
     copied = zero_copy_collate(_Columns({"x": ro}, copy=True).__getitems__([0, 1, 2]))["x"]
@@ -325,7 +314,6 @@ else:
 """
 
 
-@pytest.mark.reliability
 def test_a_read_only_mapping_that_is_not_a_memmap_is_refused_not_crashed(tmp_path: Path) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(4096))

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 from zcopy_data import BlockShuffleSampler, NumpyDataset, SampleIndexError, ZeroCopyDataLoader, zero_copy_collate
 from zcopy_data.transfer import PinnedBufferPool
 
+pytestmark = pytest.mark.reliability
+
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

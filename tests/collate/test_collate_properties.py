@@ -21,6 +21,8 @@ from torch.utils.data import default_collate
 from zcopy_data import DtypeDriftError, ShapeMismatchError, zero_copy_collate
 from zcopy_data.datasets import SampleBatch
 
+pytestmark = pytest.mark.reliability
+
 Pair = namedtuple("Pair", "first second")
 Triple = namedtuple("Triple", "a b c")
 

@@ -25,10 +25,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import ROOT, run_isolated
+from tests.support import ROOT, run_isolated
 from zcopy_data import explain, zero_copy_collate
 from zcopy_data.datasets import ArrowDataset, CorruptFileError, UnsupportedColumnError
 from zcopy_data.inspect import inspect_path
+
+pytestmark = pytest.mark.reliability
 
 N = 100
 
@@ -279,7 +281,6 @@ def _empty_lists(typ: pa.DataType, values: list[Any]) -> pa.Table:
     return pa.table({"e": pa.array(values, typ), "label": pa.array(np.arange(E, dtype=np.int64))})
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize(
     ("typ", "values", "shape", "dtype"), [c[1:] for c in EMPTY_LISTS], ids=[c[0] for c in EMPTY_LISTS]
 )
@@ -298,7 +299,6 @@ def test_an_all_empty_list_column_is_served_not_called_compressed(
     assert sorted(i for b in loader for i in b["label"].tolist()) == list(range(E))
 
 
-@pytest.mark.reliability
 def test_empty_lists_through_feather_parquet_and_inspect(tmp_path: Path) -> None:
     table = _empty_lists(pa.list_(pa.float32()), [[]] * E)
     feather.write_feather(table, tmp_path / "e.feather", compression="uncompressed")
@@ -312,7 +312,6 @@ def test_empty_lists_through_feather_parquet_and_inspect(tmp_path: Path) -> None
     assert report.bytes_copied == 0  # a view of nothing and a view of the labels
 
 
-@pytest.mark.reliability
 def test_empty_lists_next_to_non_empty_ones_are_still_one_shape_per_column(tmp_path: Path) -> None:
     schema = pa.schema([("e", pa.list_(pa.float32()))])
     path = tmp_path / "mixed.arrow"
@@ -323,7 +322,6 @@ def test_empty_lists_next_to_non_empty_ones_are_still_one_shape_per_column(tmp_p
         ArrowDataset(path)
 
 
-@pytest.mark.reliability
 def test_a_compressed_file_is_still_called_compressed(tmp_path: Path) -> None:
     table = pa.table({"x": pa.array(np.arange(100, dtype=np.float32)), "e": pa.array([[]] * 100, pa.list_(pa.int8()))})
     path = tmp_path / "lz4.arrow"
@@ -343,7 +341,6 @@ sys.exit(main(["inspect", *sys.argv[1:]]))
 """
 
 
-@pytest.mark.reliability
 def test_inspect_refuses_the_aborting_parquet_footer_instead_of_dying(parquet: Path, tmp_path: Path) -> None:
     raw = bytearray(parquet.read_bytes())
     if (len(raw), _footer_layout(raw)) != (4348, 3068):
@@ -373,7 +370,6 @@ def _ipc_with(tmp_path: Path, column: pa.Array, name: str = "colq") -> Path:
     return path
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize(
     ("column", "old", "what"),
     [
@@ -396,7 +392,6 @@ def test_a_non_utf8_field_name_in_an_ipc_file_is_a_corrupt_file_error(
     assert "UnicodeDecodeError" not in proc.stderr and f"the name of {what} is not valid UTF-8" in proc.stderr
 
 
-@pytest.mark.reliability
 def test_inspect_names_a_non_utf8_parquet_column_name(parquet: Path, tmp_path: Path) -> None:
     raw = bytearray(parquet.read_bytes())
     raw[raw.index(b"\x18\x01x", _footer_layout(raw)) + 2] = 0x87  # the schema element's name "x"
@@ -408,7 +403,6 @@ def test_inspect_names_a_non_utf8_parquet_column_name(parquet: Path, tmp_path: P
     assert "name.parquet': a column name in the Parquet footer is not valid UTF-8 (bytes b'\\x87')" in proc.stderr
 
 
-@pytest.mark.reliability
 @pytest.mark.parametrize("kind", ["parquet", "compressed"])
 def test_a_file_whose_name_is_not_utf8_is_read_decoded_and_inspected(tmp_path: Path, kind: str) -> None:
     folder = os.fsencode(tmp_path)
@@ -453,7 +447,6 @@ print(explain(DataLoader(ds, batch_size=2, collate_fn=zero_copy_collate), batche
 """
 
 
-@pytest.mark.reliability
 def test_print_explain_escapes_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict UTF-8 output, as in most containers and IDEs
     proc = subprocess.run(

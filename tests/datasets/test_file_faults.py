@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import run_isolated
+from tests.support import run_isolated
 from zcopy_data import CopyRequiredError, NumpyDataset, SchemaError, zero_copy_collate
+
+pytestmark = pytest.mark.reliability
 
 
 @pytest.fixture

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import consume
+from tests.support import consume
 from zcopy_data import SampleIndexError, zero_copy_collate
 from zcopy_data.datasets import CorruptFileError, ImageFolderDataset, SkippedFileWarning
+
+pytestmark = pytest.mark.reliability
 
 SIZES = [(20, 30), (64, 48), (7, 5), (100, 100), (33, 17)]
 

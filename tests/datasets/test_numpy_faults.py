@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from tests.reliability.support import consume, run_isolated
+from tests.support import consume, run_isolated
 from zcopy_data import CopyRequiredError, NumpyDataset, SchemaError, ZeroCopyDataset, strict_asarray, zero_copy_collate
+
+pytestmark = pytest.mark.reliability
 
 
 @pytest.mark.parametrize("copy", [False, True])

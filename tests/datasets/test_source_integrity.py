@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import consume, run_isolated
+from tests.support import consume, run_isolated
 from zcopy_data import zero_copy_collate
 from zcopy_data.datasets import ArrowDataset, ImageFolderDataset
 from zcopy_data.samplers import BlockShuffleSampler
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 N = 157
 
 

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from zcopy_data import NumpyDataset, SampleIndexError, zero_copy_collate
 from zcopy_data.ledger import capture
 
+pytestmark = pytest.mark.reliability
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [np.bool_, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.complex64]
 

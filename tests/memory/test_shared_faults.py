@@ -20,11 +20,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.reliability.support import ROOT, consume
+from tests.support import ROOT, consume
 from zcopy_data import NumpyDataset, ZeroCopyError, zero_copy_collate
 from zcopy_data.memory.shared import SharedMemoryExhaustedError
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
 
 def _private_shm_available() -> bool:

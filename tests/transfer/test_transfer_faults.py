@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Sampler
 from zcopy_data import DtypeDriftError, NumpyDataset, SchemaError, zero_copy_collate
 from zcopy_data.transfer import DevicePrefetcher
 
+pytestmark = pytest.mark.reliability
+
 
 class _Watched(Sampler[int]):
     """A sampler that records whether anyone started iterating it."""
