@@ -17,7 +17,13 @@ that is how the test suite runs two "nodes" on one machine.) Every node must be 
 dataset files at the same path: they are memory-mapped, not sent between processes.
 
 With ``--out DIR`` each rank writes the sample indices it trained on, per epoch, to
-``DIR/rank{R}_epoch{E}.json``.
+``DIR/rank{R}_epoch{E}.json``. A pre-empted job and its resume, mid-epoch::
+
+    python examples/lightning_ddp.py --max-steps 3 --checkpoint-every 3     # stops at step 3
+    python examples/lightning_ddp.py --resume /tmp/zcopy-ddp-example/ckpts/epoch=0-step=3.ckpt
+
+The resumed run trains on the rest of epoch 0, each sample once, then epoch 1 as an
+uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from zcopy_data import Field, NumpyDataset, Schema
 from zcopy_data.lightning import ZeroCopyDataModule
@@ -105,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device-prefetch", type=int, default=0, help="batches copied to the accelerator ahead")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "zcopy-ddp-example"))
     parser.add_argument("--out", default=None, help="write the indices each rank saw here")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (a pre-empted job)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps in --data")
+    parser.add_argument("--resume", default=None, help="a checkpoint to resume from, mid-epoch included")
     args = parser.parse_args(argv)
 
     pl.seed_everything(0, verbose=False)
@@ -117,19 +127,23 @@ def main(argv: list[str] | None = None) -> None:
         cast={"image": torch.float32},
         device_prefetch=args.device_prefetch,
     )
+    every = args.checkpoint_every
+    callbacks = [ModelCheckpoint(Path(args.data) / "ckpts", every_n_train_steps=every, save_top_k=-1)] if every else []
     trainer = pl.Trainer(
         accelerator="cpu",
         strategy="ddp",  # gloo on CPU
         devices=args.devices,
         num_nodes=args.num_nodes,
         max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        callbacks=callbacks,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(every),
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     model = TinyNet(args.out)
-    trainer.fit(model, dm)
+    trainer.fit(model, dm, ckpt_path=args.resume)  # the loaders' positions are in the checkpoint
     if trainer.is_global_zero:
         print(f"trained {args.epochs} epochs on {trainer.world_size} processes, shuffle={args.shuffle!r}")
     if torch.distributed.is_initialized():

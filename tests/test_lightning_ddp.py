@@ -122,3 +122,27 @@ def test_two_nodes_started_externally_with_the_block_sampler(tmp_path: Path) -> 
     seen = records(tmp_path / "out", 2)
     assert {(r["loader"], r["sampler"]) for r in seen.values()} == {("ShardedLoader", "BlockShuffleSampler")}
     assert_each_sample_once_per_epoch(seen, 2)
+
+
+def test_ddp_two_processes_stopped_mid_epoch_resume_where_they_stopped(tmp_path: Path) -> None:
+    def run(out: str, *args: str) -> None:
+        (tmp_path / out).mkdir()
+        cmd = command(tmp_path, "--devices", "2", "--shuffle", "shuffle", *args)
+        cmd[cmd.index("--out") + 1] = str(tmp_path / out)
+        done = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "not resumable" not in done.stderr
+
+    run("whole")
+    run("stopped", "--max-steps", "2", "--checkpoint-every", "2")
+    (ckpt,) = (tmp_path / "data" / "ckpts").glob("*step=2.ckpt")
+    run("resumed", "--resume", str(ckpt))
+    whole, stopped = records(tmp_path / "whole", 2), tmp_path / "stopped"
+    resumed = records(tmp_path / "resumed", 2)
+    for rank in range(2):
+        first = json.loads((stopped / f"rank{rank}_epoch0.json").read_text())["indices"]
+        assert len(first) == 2 * BATCH
+        # the interrupted epoch: each rank's own shard, exactly once, in the uninterrupted order
+        assert first + resumed[rank, 0]["indices"] == whole[rank, 0]["indices"]
+        assert resumed[rank, 1]["indices"] == whole[rank, 1]["indices"]
+    assert_each_sample_once_per_epoch(resumed | {(r, 0): whole[r, 0] for r in range(2)}, 2)

@@ -213,7 +213,7 @@ def test_views_are_built_here_and_gathers_in_worker_threads(ds: NumpyDataset) ->
             return it
 
     views = [np.arange(0, 10), np.arange(10, 20), np.arange(500, 600)]
-    it = iter(Watched(ds, batch_sampler=views, num_workers=2))
+    it = Watched(ds, batch_sampler=views, num_workers=2).host_batches()
     assert [b["y"].tolist() for b in it] == [v.tolist() for v in views]
     assert it._pool is None  # type: ignore[attr-defined]  # no thread was ever needed
     main = threading.current_thread().name
@@ -256,11 +256,11 @@ def test_timeout_is_honoured(paths: dict[str, str]) -> None:
 
 def test_persistent_workers_survive_an_epoch_left_early(ds: NumpyDataset) -> None:
     loader = ZeroCopyDataLoader(ds, batch_size=50, shuffle=True, num_workers=2, persistent_workers=True)
-    it = iter(loader)
+    it = loader.host_batches()
     next(it)
     next(it)  # leave the epoch with batches in flight
     again = _labels(loader)
-    assert iter(loader) is it  # the same workers
+    assert loader.host_batches() is it  # the same workers
     assert sorted(i for b in again for i in b) == list(range(N))
     assert len(again) == N // 50
 
@@ -273,7 +273,7 @@ def test_worker_threads_end_with_the_epoch(ds: NumpyDataset) -> None:
         return [t for t in threading.enumerate() if t not in before and t.name.startswith("zcopy_data-worker")]
 
     for _ in range(3):
-        it = iter(loader)
+        it = loader.host_batches()
         assert sum(len(b["y"]) for b in it) == N
         assert it._pool is None  # type: ignore[attr-defined]  # shut down when the epoch ended
     deadline = time.monotonic() + 5

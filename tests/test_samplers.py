@@ -193,3 +193,45 @@ def test_lightning_reaches_set_epoch(npy_files):
     sampler = BlockShuffleSampler(ds, 10)
     _set_sampler_epoch(DataLoader(ds, batch_sampler=sampler, collate_fn=zero_copy_collate), 4)
     assert sampler.epoch == 4
+
+
+# -- its own state ---------------------------------------------------------------------------------
+def test_its_state_is_a_few_ints_and_resumes_its_own_batches() -> None:
+    whole = _epoch(10_000_000, 1000, 2, epoch=3)
+    s = BlockShuffleSampler(10_000_000, 1000, num_replicas=2, rank=1)
+    s.set_epoch(3)
+    it = iter(s)
+    for _ in range(7):
+        next(it)
+    state = s.state_dict()
+    assert state["progress"] == [[2, 7]] and state["epoch"] == 3
+    assert all(isinstance(v, (int, bool, list)) for v in state.values())
+    fresh = BlockShuffleSampler(10_000_000, 1000, num_replicas=2, rank=1)
+    fresh.load_state_dict(state)
+    assert fresh.epoch == 3  # the epoch comes back with the position
+    assert list(fresh) == whole[1][7:]
+    assert list(fresh) == whole[1]  # once: the next iteration is the whole epoch again
+    fresh.set_epoch(4)
+    assert list(fresh) == _epoch(10_000_000, 1000, 2, epoch=4)[1]
+
+
+def test_an_elastic_resume_splits_the_largest_batch_latest_first() -> None:
+    # 5 unseen batches of 10 (and the short last one) for 2 ranks: the largest, latest among
+    # equals, is split into halves until every rank gets the same number
+    s = BlockShuffleSampler(53, 10, shuffle=False, num_replicas=1, rank=0)
+    s.load_state_dict({**s.state_dict(0), "progress": [[1, 1]]})
+    parts = [BlockShuffleSampler(53, 10, shuffle=False, num_replicas=2, rank=r) for r in range(2)]
+    for p in parts:
+        p.load_state_dict({**s.state_dict(0), "progress": [[1, 1]]})
+    left = [list(p) for p in parts]
+    assert [b[0] for rank in left for b in rank] == [10, 30, 45, 20, 40, 50]  # rank 0, then rank 1
+    assert sorted(i for rank in left for b in rank for i in b) == list(range(10, 53))
+    assert [len(b) for b in left[0]] == [10, 10, 5] and [len(b) for b in left[1]] == [10, 5, 3]
+
+
+def test_a_state_from_another_sampler_is_refused_naming_the_difference() -> None:
+    s = BlockShuffleSampler(100, 10, seed=1, num_replicas=1, rank=0)
+    with pytest.raises(ValueError, match=r"batch_size=10, this one has batch_size=20"):
+        BlockShuffleSampler(100, 20, seed=1, num_replicas=1, rank=0).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match=r"version 1, found"):
+        s.load_state_dict({"version": 2})

@@ -32,6 +32,7 @@ __all__ = [
     "DtypeDriftError",
     "FileChangedError",
     "PoolExhaustedError",
+    "ResumeStateError",
     "SampleIndexError",
     "SchemaError",
     "ShapeMismatchError",
@@ -97,6 +98,10 @@ class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):
 
 class PoolExhaustedError(ZeroCopyError, RuntimeError):
     """Every buffer of a pool is still referenced; nothing can be reused without corrupting data."""
+
+
+class ResumeStateError(ZeroCopyError, ValueError):
+    """A saved loader or sampler state that does not fit the loader it is loaded into."""
 
 
 class SkippedFileWarning(UserWarning):

@@ -36,6 +36,7 @@ hands down through :meth:`ZeroCopyDataLoader.host_batches`.
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import warnings
 from collections import deque
@@ -48,13 +49,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_convert
 
 from zcopy_data._accelerator import accelerator
-from zcopy_data._index_batches import index_batches
+from zcopy_data._index_batches import index_batches, known_order
 from zcopy_data._requests import BatchRequest
 from zcopy_data._tree import map_tensors
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.memory.policy import Allocation, main_process_allocation
 from zcopy_data.memory.shared import PoolConfig
+from zcopy_data.resume import LoaderProgress
 
 __all__ = ["WorkerMode", "ZeroCopyDataLoader"]
 
@@ -72,6 +74,13 @@ class ZeroCopyDataLoader(DataLoader[Any]):
             :attr:`ZeroCopyDataset.threads_suffice`, the collate is :func:`zero_copy_collate` and
             no ``worker_init_fn`` / ``multiprocessing_context`` is given; processes otherwise),
             ``"threads"`` or ``"processes"``.
+        consumed_batches: for a consumer that fetches ahead (Lightning's loop holds one batch):
+            how many batches of the current epoch it has used, or ``None`` when it cannot tell;
+            :meth:`state_dict` is taken at that position rather than at the batches handed out.
+            :class:`~zcopy_data.lightning.ZeroCopyDataModule` passes its trainer's count.
+
+    :meth:`state_dict` / :meth:`load_state_dict` resume an epoch where it was left, as
+    torchdata's ``StatefulDataLoader`` does, by index arithmetic (see :mod:`zcopy_data.resume`).
 
     With ``batch_size=None`` (no batching) and no ``collate_fn``, samples are converted with
     ``default_convert``, as ``DataLoader`` does.
@@ -95,6 +104,7 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         collate_fn: Callable[[Any], Any] | None = None,
         *,
         worker_mode: WorkerMode = "auto",
+        consumed_batches: Callable[[], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
         if worker_mode not in _MODES:
@@ -115,6 +125,10 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         )
         self._threads: _ThreadBatches | None = None  # the persistent gather threads, when kept
         self._allocation: Allocation | None = None  # this loader's buffers, built at first use
+        self.consumed_batches = consumed_batches
+        self._progress = LoaderProgress()
+        # what worker processes are sent
+        self._resumable = _ResumableIndices(self._index_source(), lambda: self._progress.begin_draws(self))
         if worker_mode == "threads" and self.num_workers > 0:
             why = self._why_not_threads(strict=True)
             if why:
@@ -150,29 +164,73 @@ class ZeroCopyDataLoader(DataLoader[Any]):
             super().check_worker_number_rationality()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        return self.host_batches()
+        return self.track(self.host_batches())
 
     def host_batches(self, allocation: Allocation | None = None) -> Iterator[Any]:
         """One epoch of batches, assembled in this process with ``allocation`` (default: the loader's).
 
         A device stage that copies every batch itself passes an exact-size pinned allocation
-        here. Worker processes and iterable datasets ignore it: their batches come from
-        PyTorch's own iterator (shared memory, sent as handles and descriptors).
+        here, and hands its own output to :meth:`track`. Worker processes and iterable datasets
+        ignore the allocation: their batches come from PyTorch's own iterator (shared memory,
+        sent as handles and descriptors). A loaded state takes effect here, at the epoch's start.
         """
+        with self._progress.epoch(self) as skip:
+            return self._epoch(allocation, skip)
+
+    def _epoch(self, allocation: Allocation | None, skip: int) -> Iterator[Any]:
         if isinstance(self.dataset, IterableDataset) or (self.num_workers > 0 and not self.uses_threads):
             if self.num_workers > 0:
                 PoolConfig.from_env()  # a bad ZCOPY_DATA_WORKER_SHM_* is reported here, naming it
-            return super().__iter__()
+            self._resumable.skip = skip  # taken by the iterator's iter(self._index_sampler)
+            try:
+                return super().__iter__()
+            finally:
+                self._resumable.skip = 0
         alloc = allocation if allocation is not None else self._own_allocation()
         if self.num_workers == 0:
-            return _Batches(self, alloc)
+            return _Batches(self, alloc, skip)
         if self.persistent_workers and self._threads is not None:
-            self._threads.next_epoch(self, alloc)
+            self._threads.next_epoch(self, alloc, skip)
             return self._threads
-        threads = _ThreadBatches(self, alloc)
+        threads = _ThreadBatches(self, alloc, skip)
         if self.persistent_workers:
             self._threads = threads
         return threads
+
+    def track(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches`` (this loader's epoch, as a stage over :meth:`host_batches` hands them on),
+        counting each one the consumer receives: the position :meth:`state_dict` records."""
+        return self._progress.counted(batches)
+
+    # -- resuming ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: after ``k`` batches of an epoch, a fresh loader built with the
+        same arguments that loads this state yields batches ``k + 1...`` of that epoch, then the
+        same later epochs. Small (no index lists) and plain: ``torch.save`` /
+        ``torch.load(weights_only=True)`` round-trip it."""
+        consumed = self.consumed_batches() if self.consumed_batches is not None else None
+        return self._progress.state_dict(self, consumed)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state`` (see :meth:`state_dict`) at the next ``iter()``.
+
+        Raises:
+            ResumeStateError: the state was saved by a loader with other arguments (dataset
+                length, batch size, sampler kind, seed...), naming both values.
+        """
+        self._progress.load_state_dict(self, state)
+
+    def _index_source(self) -> Any:
+        return self.batch_sampler if self.batch_sampler is not None else self.sampler
+
+    # Not public: DataLoader's iterators take their indices from ``loader._index_sampler``
+    # (``iter()`` at each epoch's start, ``len()`` for the loader's length). Worker processes
+    # are PyTorch's own iterator, so a resumed epoch reaches them only through it: we hand a
+    # wrapper that starts at the resumed batch. tests/test_torch_private.py checks the name.
+    @property
+    def _index_sampler(self) -> Any:
+        resumable = self.__dict__.get("_resumable")
+        return resumable if resumable is not None else self._index_source()
 
     def _own_allocation(self) -> Allocation:
         if self._allocation is None:
@@ -221,11 +279,11 @@ def _pin(data: Any) -> Any:
 class _Batches(Iterator[Any]):
     """One epoch without workers: indices, the dataset's batch, the collate, in this thread."""
 
-    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation, skip: int = 0) -> None:
         self._loader = loader
         self._name = f"enumerate(DataLoader)#{type(self).__name__}.__next__"
-        self._indices = _indices_for(loader)
-        self._base_seed = _draw_base_seed(loader)
+        self._base_seed = _draw_base_seed(loader)  # before the sampler's draws, as DataLoader's iterator
+        self._indices = _indices_for(loader, skip)
         self._pin = _pin_flag(loader)
         self._fetch = _fetcher(loader, allocation)
 
@@ -246,13 +304,57 @@ class _Batches(Iterator[Any]):
         return _pin(data) if self._pin else data
 
 
-def _indices_for(loader: DataLoader[Any]) -> Iterator[Any]:
-    """Index batches (int64 arrays where the dataset takes them, as ours do), or single indices."""
+def _indices_for(loader: ZeroCopyDataLoader, skip: int = 0) -> Iterator[Any]:
+    """Index batches from batch ``skip`` on (int64 arrays where the dataset takes them, as ours
+    do; the sampler's lists otherwise), or single indices."""
+    loader._progress.begin_draws(loader)
     if loader.batch_sampler is None:
-        return iter(loader.sampler)
+        return _dropped(iter(loader.sampler), skip)
     if isinstance(loader.dataset, ZeroCopyDataset):
-        return index_batches(loader.batch_sampler)
+        return index_batches(loader.batch_sampler, skip)
+    if skip:
+        return _as_lists(index_batches(loader.batch_sampler, skip))
     return iter(loader.batch_sampler)
+
+
+def _dropped(it: Iterator[Any], skip: int) -> Iterator[Any]:
+    """``it`` without its first ``skip`` items (indices: nothing is read)."""
+    if skip:
+        next(itertools.islice(it, skip - 1, skip), None)
+    return it
+
+
+def _as_lists(batches: Iterator[Any]) -> Iterator[Any]:
+    for b in batches:
+        yield b.tolist() if hasattr(b, "tolist") else b
+
+
+class _ResumableIndices:
+    """The batch sampler (or sampler) as worker processes' iterator sees it: whole epochs, or
+    one starting at batch ``skip`` when a loaded state says so (its lists, as the sampler's)."""
+
+    def __init__(self, source: Any, begin_draws: Callable[[], None]) -> None:
+        self.source = source
+        self.skip = 0
+        self._begin_draws = begin_draws
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[Any]:
+        # PyTorch's iterator calls iter() twice as it starts (in __init__ and in _reset): each
+        # call sees the same skip, which the loader clears once the iterator is built
+        return self._rest(self.skip)
+
+    def _rest(self, skip: int) -> Iterator[Any]:
+        # a generator: the draws happen at the first index, as the sampler's own would
+        self._begin_draws()
+        if not skip:
+            yield from self.source
+        elif known_order(self.source) is None:
+            yield from _dropped(iter(self.source), skip)
+        else:
+            yield from _as_lists(index_batches(self.source, skip))
 
 
 def _collate_for(loader: DataLoader[Any], allocation: Allocation) -> Callable[[Any], Any]:
@@ -284,7 +386,7 @@ class _Failed:
 class _ThreadBatches(Iterator[Any]):
     """``num_workers`` gather threads, ``num_workers * prefetch_factor`` batches ahead, in order."""
 
-    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+    def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation, skip: int = 0) -> None:
         # no reference to the loader: a loader keeps its persistent threads, so that would be a
         # cycle, and the threads would outlive a dropped loader until the next garbage collection
         self._name = f"enumerate(DataLoader)#{type(self).__name__}.__next__"
@@ -300,22 +402,22 @@ class _ThreadBatches(Iterator[Any]):
         # only zero_copy_collate's own requests are known to be views before they are built
         self._inline = _is_zero_copy_collate(loader.collate_fn) and isinstance(self._dataset, ZeroCopyDataset)
         self._base_seed = _draw_base_seed(loader)
-        self._start(loader, allocation)
+        self._start(loader, allocation, skip)
 
-    def _start(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+    def _start(self, loader: ZeroCopyDataLoader, allocation: Allocation, skip: int) -> None:
         # what len(DataLoader) measures for a map-style dataset, asked only when len() is
         self._index_source: Any = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-        self._indices = _indices_for(loader)
+        self._indices = _indices_for(loader, skip)
         self._fetch = _fetcher(loader, allocation)
         self._collate_fn = _collate_for(loader, allocation)
         self._gathers = 0  # futures in _pending
         self._views = 0.0  # running share of views among recent batches
         self._exhausted = False
 
-    def next_epoch(self, loader: ZeroCopyDataLoader, allocation: Allocation) -> None:
+    def next_epoch(self, loader: ZeroCopyDataLoader, allocation: Allocation, skip: int = 0) -> None:
         """Persistent workers: the same threads, the next epoch's indices (no new seed drawn)."""
         self._cancel_pending()
-        self._start(loader, allocation)
+        self._start(loader, allocation, skip)
 
     def __iter__(self) -> _ThreadBatches:
         return self
@@ -426,4 +528,3 @@ class _ThreadBatches(Iterator[Any]):
         # at interpreter exit concurrent.futures joins them itself
         if not sys.is_finalizing() and hasattr(self, "_gathers"):
             self._shutdown()
-

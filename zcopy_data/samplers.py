@@ -9,12 +9,17 @@ wraps around the end of the dataset is gathered.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from zcopy_data.errors import ResumeStateError
+
 __all__ = ["BlockShuffleSampler"]
+
+_Ints = np.ndarray[Any, np.dtype[np.int64]]
 
 
 def _dist_default(value: int | None, what: str) -> int:
@@ -110,6 +115,9 @@ class BlockShuffleSampler(Sampler[list[int]]):
         self.rank = this_rank
         self.epoch = 0
         self._per_rank = per_rank
+        self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, progress) loaded, not yet used
+        self._chain: list[list[int]] = []  # the runs before this one of the current epoch, when resumed
+        self._yielded = 0  # batches the current iteration has yielded
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next ``iter()`` yields (call it before every epoch)."""
@@ -126,43 +134,159 @@ class BlockShuffleSampler(Sampler[list[int]]):
 
     def runs(self, epoch: int | None = None) -> list[list[tuple[int, int]]]:
         """The epoch's batches for *all* ranks, in order, each a list of ``(start, stop)`` runs."""
-        epoch = self.epoch if epoch is None else epoch
+        return _as_runs(*self._blocks(self.epoch if epoch is None else epoch), self.n)
+
+    def _blocks(self, epoch: int) -> tuple[_Ints, _Ints, int]:
+        """The epoch's batches for all ranks, in order: starts and lengths in rotated space (each
+        batch one contiguous range there), and the rotation. Arrays, so that a resumed epoch
+        costs one permutation of the blocks and the few batches it yields, whatever ``n``."""
         n, b, replicas = self.n, self.batch_size, self.num_replicas
         if n == 0:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         offset = int(rng.integers(0, n)) if rng is not None else 0
-        starts = np.arange(0, n, b)  # in rotated space; the last block may be short
+        starts = np.arange(0, n, b, dtype=np.int64)  # in rotated space; the last block may be short
         order = rng.permutation(starts.size) if rng is not None else np.arange(starts.size)
-        # (rotated start, length) per block, in epoch order
-        blocks = [(int(starts[i]), min(b, n - int(starts[i]))) for i in order]
+        starts = starts[order]
+        lengths = np.minimum(b, n - starts)
         if self.drop_last:
-            blocks = [blk for blk in blocks if blk[1] == b]
-            blocks = blocks[: len(blocks) - len(blocks) % replicas]
+            full = lengths == b
+            starts, lengths = starts[full], lengths[full]
+            keep = starts.size - starts.size % replicas
+            return starts[:keep], lengths[:keep], offset
+        starts, lengths = _split_to(starts, lengths, self._per_rank * replicas)
+        return starts, lengths, offset
+
+    def rank_runs(self) -> list[list[tuple[int, int]]]:
+        """This rank's batches of the current epoch, as runs; after :meth:`load_state_dict`, the
+        rest of the interrupted epoch (once: the next epoch is whole again)."""
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            self._chain = resume[1]
+            starts, lengths, offset = _rest_of_epoch(self, resume[1])
         else:
-            target = self._per_rank * replicas
-            while len(blocks) < target:
-                # split the largest block, the latest in the order among equals, into two halves
-                pos = max(range(len(blocks)), key=lambda i: (blocks[i][1], i))
-                s, length = blocks[pos]
-                half = length // 2
-                blocks[pos : pos + 1] = [(s, length - half), (s + length - half, half)]
-        return [_unrotate(s, length, offset, n) for s, length in blocks]
+            self._chain = []
+            starts, lengths, offset = self._blocks(self.epoch)
+        step = self.num_replicas
+        return _as_runs(starts[self.rank :: step], lengths[self.rank :: step], offset, self.n)
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.runs()
-        for batch in plan[self.rank :: self.num_replicas]:
+        self._yielded = 0
+        for batch in self.rank_runs():
+            self._yielded += 1
             if len(batch) == 1:
                 start, stop = batch[0]
                 yield list(range(start, stop))
             else:
                 yield [i for start, stop in batch for i in range(start, stop)]
 
-    def __repr__(self) -> str:
-        return (
-            f"BlockShuffleSampler(n={self.n}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"seed={self.seed}, drop_last={self.drop_last}, num_replicas={self.num_replicas}, rank={self.rank})"
+    # -- resuming -------------------------------------------------------------------------
+    def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
+        """Where this rank is in the epoch: plain ints, O(1) in the dataset size.
+
+        ``batches_done``: batches of the epoch this rank has consumed; default, the batches the
+        current iteration has yielded (a loader that prefetches has consumed fewer: a
+        :class:`~zcopy_data.ZeroCopyDataLoader` passes its own count). ``progress`` lists
+        ``[num_replicas, batches_done]`` per run of the epoch: more than one entry when the epoch
+        was itself resumed on another number of ranks.
+        """
+        done = self._yielded if batches_done is None else int(batches_done)
+        return {
+            "version": 1,
+            "n": self.n,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "drop_last": self.drop_last,
+            "epoch": self.epoch,
+            "progress": [*self._chain, [self.num_replicas, done]],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration yield the rest of the saved epoch, then whole epochs as before.
+
+        Every rank saves the same ``batches_done`` (DDP steps in lock-step), so the samples seen
+        are the first ``batches_done * num_replicas`` batches of the epoch's order. With the same
+        number of ranks, each rank resumes its own batches. With a different number (an elastic
+        restart), the batches nobody saw are dealt to the new ranks in the same order; when
+        their number is not a multiple of the new ``num_replicas``, the largest are split in two
+        (each half still contiguous) until it is -- every unseen sample exactly once, every rank
+        the same number of batches -- or, with ``drop_last=True``, the last few are dropped.
+        """
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ResumeStateError(f"a BlockShuffleSampler state has version 1, found {state!r:.120}")
+        for key in ("n", "batch_size", "shuffle", "seed", "drop_last"):
+            if state.get(key) != getattr(self, key):
+                raise ResumeStateError(
+                    f"the state was saved by a BlockShuffleSampler with {key}={state.get(key)!r}, this one has "
+                    f"{key}={getattr(self, key)!r}; build the sampler with the arguments of the saved run"
+                )
+        chain = [[int(w), int(d)] for w, d in state["progress"]]
+        epoch = int(state["epoch"])
+        _rest_of_epoch(self, chain, epoch)  # raises here, not at the first batch, when it does not fit
+        self.epoch = epoch
+        self._resume = (epoch, chain)
+
+
+def _rest_of_epoch(
+    sampler: BlockShuffleSampler, chain: list[list[int]], epoch: int | None = None
+) -> tuple[_Ints, _Ints, int]:
+    """The batches of ``epoch`` no rank has seen after the runs in ``chain``, for all of ``sampler``'s
+    ranks (as :meth:`BlockShuffleSampler._blocks` gives them)."""
+    epoch = sampler.epoch if epoch is None else epoch
+    world = chain[0][0]
+    first = BlockShuffleSampler(
+        sampler.n, sampler.batch_size, sampler.shuffle, sampler.seed, sampler.drop_last, num_replicas=world, rank=0
+    )
+    starts, lengths, offset = first._blocks(epoch)
+    for i, (w, d) in enumerate(chain):
+        if i and w != world:
+            starts, lengths = _deal(starts, lengths, w, sampler.drop_last)
+        world = w
+        if not 0 <= d * w <= starts.size:
+            raise ResumeStateError(
+                f"batches_done={d} on {w} ranks is past the {starts.size // max(w, 1)} batches per rank left in "
+                f"epoch {epoch}; the state does not belong to this sampler"
+            )
+        starts, lengths = starts[d * w :], lengths[d * w :]
+    if world != sampler.num_replicas:
+        starts, lengths = _deal(starts, lengths, sampler.num_replicas, sampler.drop_last)
+    return starts, lengths, offset
+
+
+def _deal(starts: _Ints, lengths: _Ints, ranks: int, drop_last: bool) -> tuple[_Ints, _Ints]:
+    """The batches made a multiple of ``ranks`` many: the largest split in two, or (``drop_last``) the last dropped."""
+    if drop_last:
+        keep = starts.size - starts.size % ranks
+        return starts[:keep], lengths[:keep]
+    target = -(-starts.size // ranks) * ranks
+    if int(lengths.sum()) < target:
+        raise ResumeStateError(
+            f"the {int(lengths.sum())} samples left in the epoch cannot give each of {ranks} ranks the same "
+            "number of non-empty batches; resume with fewer ranks or at the next epoch"
         )
+    return _split_to(starts, lengths, target)
+
+
+def _split_to(starts: _Ints, lengths: _Ints, target: int) -> tuple[_Ints, _Ints]:
+    """Split the largest batch (the latest in the order among equals) in two halves, each still
+    one range, until there are ``target`` batches (the caller checks there are enough samples)."""
+    if starts.size >= target:
+        return starts, lengths
+    starts, lengths = starts.copy(), lengths.copy()
+    while starts.size < target:
+        pos = lengths.size - 1 - int(np.argmax(lengths[::-1]))
+        length = int(lengths[pos])
+        half = length // 2
+        lengths[pos] = length - half
+        starts = np.insert(starts, pos + 1, starts[pos] + length - half)
+        lengths = np.insert(lengths, pos + 1, half)
+    return starts, lengths
+
+
+def _as_runs(starts: _Ints, lengths: _Ints, offset: int, n: int) -> list[list[tuple[int, int]]]:
+    """Rotated-space batches as runs of real indices."""
+    return [_unrotate(s, length, offset, n) for s, length in zip(starts.tolist(), lengths.tolist(), strict=True)]
 
 
 def _unrotate(start: int, length: int, offset: int, n: int) -> list[tuple[int, int]]:

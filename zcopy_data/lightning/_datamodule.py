@@ -51,6 +51,9 @@ class ZeroCopyDataModule(ZeroCopyTransfer, pl.LightningDataModule):
             rank-aware :class:`~zcopy_data.samplers.BlockShuffleSampler` (each batch a view).
             Evaluation loaders are always sequential.
         seed: seed of the ``"block"`` order (default: the ``seed_everything`` seed, else 0).
+            The train loader's position is saved in Lightning's checkpoints and
+            restored by ``fit(ckpt_path=...)``: a run resumed mid-epoch sees the rest of that epoch
+            (with ``"shuffle"``, later epochs draw from the global generator, as ``DataLoader``'s do).
         drop_last: drop the last incomplete training batch.
         cast: device cast map, ``field -> dtype`` or :class:`~zcopy_data.transfer.Cast`
             (``{"image": Cast(torch.float16, scale=1 / 255)}``), applied in

@@ -22,6 +22,7 @@ import torch
 from zcopy_data.ledger import Record, capture
 from zcopy_data.lightning._checks import device_cast
 from zcopy_data.lightning._loaders import LedgerBatch, unwrap_ledger_batch
+from zcopy_data.lightning._progress import attach_progress
 from zcopy_data.transfer import DeviceCast, to_device
 
 __all__ = ["ZeroCopyTransfer"]
@@ -75,6 +76,10 @@ class ZeroCopyTransfer:
             self.last_batch_ledger = (v + viewed, c + copied)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and not getattr(self, "_zc_progress_attached", False):
+            attach_progress(trainer)  # the train loaders' states count the batches the loop used
+            self._zc_progress_attached = True
         if isinstance(batch, LedgerBatch):
             self._tally(batch.records, first=True)
         else:

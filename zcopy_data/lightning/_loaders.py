@@ -80,6 +80,15 @@ class ShardedLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped loader's (its position, the sampler's included): Lightning checkpoints it."""
+        state: dict[str, Any] = self.loader.state_dict()  # type: ignore[attr-defined]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the wrapped loader (Lightning calls it before the resumed epoch starts)."""
+        self.loader.load_state_dict(state)  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
         return f"ShardedLoader({self.sampler!r}, num_workers={self.loader.num_workers})"
 

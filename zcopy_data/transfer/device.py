@@ -213,8 +213,10 @@ class DevicePrefetcher:
 
     def _host_iter(self, on_cpu: bool) -> Iterator[Any]:
         host_batches = getattr(self.loader, "host_batches", None)
-        if on_cpu or host_batches is None:
+        if host_batches is None:
             return iter(self.loader)
+        if on_cpu:
+            return host_batches()  # type: ignore[no-any-return]
         if self.allocation is None:  # one per prefetcher: its buffers are reused every epoch
             self.allocation = ExactPinnedAllocation(per_shape=self.depth + 4)
         # every batch pulled here is copied by us, under our events: exact-size pinned buffers
@@ -222,6 +224,15 @@ class DevicePrefetcher:
         return it
 
     def __iter__(self) -> Iterator[Any]:
+        """The loader's epoch on the device. Over a loader that counts what its consumer has
+        received (``track``, a :class:`~zcopy_data.ZeroCopyDataLoader`), the count is taken
+        here, not at the batches in flight: its ``state_dict()`` resumes after the last batch
+        handed over."""
+        batches = self._batches()
+        track = getattr(self.loader, "track", None)
+        return track(batches) if track is not None and hasattr(self.loader, "host_batches") else batches
+
+    def _batches(self) -> Iterator[Any]:
         on_cpu = self.device.type == "cpu"
         it = self._host_iter(on_cpu)
         start = self._start_cpu if on_cpu else self._start_device
