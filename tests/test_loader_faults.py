@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from tests.support import SleepingDataset, consume, run_isolated, torch_segments
-from zcopy_data import NumpyDataset, SampleIndexError, zero_copy_collate
+from zcopy_data import NumpyDataset, SampleIndexError, ZeroCopyDataLoader, zero_copy_collate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 
@@ -271,3 +272,20 @@ def test_a_worker_killed_by_a_signal_is_a_clear_error_in_the_main_process() -> N
         assert outcome["error"].startswith(expected), (name, outcome)
         assert outcome["wrong"] == 0, (name, outcome)
         assert outcome["seconds"] < 30, (name, outcome)
+
+
+@pytest.mark.parametrize("mode", [(0, "auto"), (2, "threads"), (2, "processes")], ids=["0w", "threads", "processes"])
+def test_a_sequential_epoch_of_two_billion_samples_builds_its_indices_per_batch(tmp_path: Any, mode: Any) -> None:
+    np.save(tmp_path / "wide.npy", np.zeros((10**9, 0), dtype=np.float32))  # a 128-byte file
+    for ds in (NumpyDataset({"x": np.zeros((2**31, 0), dtype=np.float32)}), NumpyDataset({"x": tmp_path / "wide.npy"})):
+        tracemalloc.start()
+        try:
+            loader = ZeroCopyDataLoader(ds, batch_size=256, num_workers=mode[0], worker_mode=mode[1])
+            it = iter(loader)
+            first, second = next(it)["x"], next(it)["x"]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert first.shape == second.shape == (256, 0)
+        assert peak < 16 * 2**20  # O(batch), not 8 bytes per sample (16 GiB here)
+        del it  # its workers (if any) end with it

@@ -59,7 +59,9 @@ def test_drop_last_gives_full_batches_and_equal_counts(n, batch, replicas):
     for epoch in range(3):
         per_rank = _epoch(n, batch, replicas, epoch, drop_last=True)
         assert {len(b) for batches in per_rank for b in batches} == {batch}
-        assert {len(batches) for batches in per_rank} == {(n // batch) // replicas}
+        # the fewest full blocks any phase of the boundaries gives, the same every epoch
+        fewest = n // batch - (n % batch < batch - 1)
+        assert {len(batches) for batches in per_rank} == {fewest // replicas}
         seen = [i for batches in per_rank for b in batches for i in b]
         assert len(seen) == len(set(seen))
 
@@ -137,9 +139,8 @@ def test_contiguous_batches_are_views_of_the_file(npy_files):
         if _runs(idx) == 1:
             contiguous += 1
             assert batch["image"].data_ptr() == base[idx[0]].ctypes.data
-    assert contiguous == len(sampler) - 1  # n=100, batch 10, one wrap-around block
-    wrapped = sum(len(b) for b in sampler if _runs(b) > 1)
-    assert LEDGER.copied("collate") == wrapped * (base[0].nbytes + 8)
+    assert contiguous == len(sampler)  # every batch, the blocks at the moved boundaries included
+    assert LEDGER.copied("collate") == 0
 
 
 def test_distributed_sampler_keeps_working(npy_files):

@@ -2,8 +2,8 @@
 
 :class:`BlockShuffleSampler` yields batches that are contiguous runs of indices, in a shuffled
 order, with block boundaries that move every epoch. A contiguous batch of a columnar dataset is
-one view of the source (zero copies, in worker processes too); only the one batch per epoch that
-wraps around the end of the dataset is gathered.
+one view of the source (zero copies, in worker processes too): every batch is, the short blocks
+at the moved boundaries included.
 """
 
 from __future__ import annotations
@@ -33,24 +33,26 @@ def _dist_default(value: int | None, what: str) -> int:
 class BlockShuffleSampler(Sampler[list[int]]):
     """A batch sampler of contiguous index runs in shuffled order, split across DDP ranks.
 
-    Each epoch the index space ``0..n-1`` is rotated by a random offset (so block boundaries, and
-    which samples share a batch, change from epoch to epoch), cut into blocks of ``batch_size``
-    consecutive indices plus one shorter block of the ``n % batch_size`` left over, and the
-    blocks are shuffled. Every block is one contiguous run except the one that wraps from the
-    last index to index 0 (two runs, gathered with one copy). Pass it as ``batch_sampler=``.
+    Each epoch the block boundaries move by a random phase ``p`` in ``[0, batch_size)`` (so which
+    samples share a batch changes from epoch to epoch): the blocks are ``[0, p)``, then
+    ``batch_size`` consecutive indices at a time from ``p``, the last one shorter when ``n - p``
+    is not a multiple; the blocks are shuffled. Every block is one contiguous run (a view of the
+    file). Pass it as ``batch_sampler=``. The number of blocks varies with the phase by one or
+    two; the batches per epoch do not (see below).
 
     Across ranks: rank ``r`` takes blocks ``r, r + R, r + 2R, ...`` of the epoch's order, which
     is the same on every rank (it depends on ``seed`` and the epoch only).
 
-    * ``drop_last=False``: every sample appears exactly once per epoch across all ranks. When
-      the number of blocks is not a multiple of ``num_replicas``, the largest blocks at the end
-      of the order are split in two (each half still contiguous) until it is, so every rank
-      gets the same number of batches; a few batches per epoch are then smaller than
-      ``batch_size``. Needs at least ``num_replicas`` samples per epoch.
-    * ``drop_last=True``: the short block is dropped, and so are the last
-      ``(n // batch_size) % num_replicas`` full blocks of the epoch's order; every batch has
-      ``batch_size`` samples and every rank the same number of batches. The dropped samples
-      change from epoch to epoch.
+    * ``drop_last=False``: every sample appears exactly once per epoch across all ranks. Every
+      epoch has as many batches as the phase that gives the most blocks: in an epoch with fewer
+      (or when that number is not a multiple of ``num_replicas``), the largest blocks, the latest
+      in the order among equals, are split in two (each half still contiguous) until it is, so
+      every rank gets the same number of batches each epoch; a few batches per epoch are then
+      smaller than ``batch_size``. Needs at least that many samples per epoch.
+    * ``drop_last=True``: the short blocks are dropped, and so are the last full blocks of the
+      epoch's order beyond the fewest any phase gives, rounded down to a multiple of
+      ``num_replicas``; every batch has ``batch_size`` samples and every rank the same number of
+      batches each epoch. The dropped samples change from epoch to epoch.
 
     With Lightning, pass ``Trainer(use_distributed_sampler=False)``: the sampler already splits
     the data across ranks, and Lightning's ``set_epoch`` calls reach it.
@@ -96,10 +98,13 @@ class BlockShuffleSampler(Sampler[list[int]]):
         if not 0 <= this_rank < replicas:
             raise ValueError(f"rank={this_rank} should be in [0, {replicas}) for num_replicas={replicas}")
         full, rest = divmod(n, batch_size)
+        moves = shuffle and min(batch_size, n) > 1  # a phase p > 0 is possible
         if drop_last:
-            per_rank = full // replicas
+            # a phase p > rest leaves one full block fewer
+            per_rank = max(full - (moves and rest < batch_size - 1), 0) // replicas
         else:
-            blocks = full + (rest > 0)
+            # a phase 0 < p < rest gives the most blocks: [0, p), the full ones, two short ones
+            blocks = full + 1 + (rest > 1) if moves else full + (rest > 0)
             per_rank = -(-blocks // replicas)
             if per_rank * replicas > n:
                 raise ValueError(
@@ -137,25 +142,28 @@ class BlockShuffleSampler(Sampler[list[int]]):
         return _as_runs(*self._blocks(self.epoch if epoch is None else epoch), self.n)
 
     def _blocks(self, epoch: int) -> tuple[_Ints, _Ints, int]:
-        """The epoch's batches for all ranks, in order: starts and lengths in rotated space (each
-        batch one contiguous range there), and the rotation. Arrays, so that a resumed epoch
-        costs one permutation of the blocks and the few batches it yields, whatever ``n``."""
+        """The epoch's batches for all ranks, in order: starts and lengths (each batch one
+        contiguous range), and a rotation of the index space (0: none). Arrays, so that a resumed
+        epoch costs one permutation of the blocks and the few batches it yields, whatever ``n``."""
         n, b, replicas = self.n, self.batch_size, self.num_replicas
         if n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
-        offset = int(rng.integers(0, n)) if rng is not None else 0
-        starts = np.arange(0, n, b, dtype=np.int64)  # in rotated space; the last block may be short
-        order = rng.permutation(starts.size) if rng is not None else np.arange(starts.size)
-        starts = starts[order]
-        lengths = np.minimum(b, n - starts)
+        phase = int(rng.integers(0, min(b, n))) if rng is not None else 0
+        starts = np.arange(phase, n, b, dtype=np.int64)
+        if phase:
+            starts = np.concatenate([np.zeros(1, np.int64), starts])
+        lengths = np.diff(np.append(starts, n))
+        if rng is not None:
+            order = rng.permutation(starts.size)
+            starts, lengths = starts[order], lengths[order]
         if self.drop_last:
             full = lengths == b
             starts, lengths = starts[full], lengths[full]
-            keep = starts.size - starts.size % replicas
-            return starts[:keep], lengths[:keep], offset
+            keep = self._per_rank * replicas
+            return starts[:keep], lengths[:keep], 0
         starts, lengths = _split_to(starts, lengths, self._per_rank * replicas)
-        return starts, lengths, offset
+        return starts, lengths, 0
 
     def rank_runs(self) -> list[list[tuple[int, int]]]:
         """This rank's batches of the current epoch, as runs; after :meth:`load_state_dict`, the
