@@ -38,7 +38,7 @@ def test_numpy_dataloader(tmp_path: Path) -> None:
     assert out["first_is_view"]
     assert out["copied_per_batch"]["sequential"] == 0
     assert out["copied_per_batch"]["shuffled"] == 128 * (3 * 32 * 32 + 8)
-    assert 0 < out["copied_per_batch"]["block-shuffled"] < out["copied_per_batch"]["shuffled"]
+    assert out["copied_per_batch"]["block-shuffled"] == 0  # every block a view of the file
     assert out["samples_on_device"] == 1024
 
 
