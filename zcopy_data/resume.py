@@ -2,12 +2,15 @@
 
 A loader's state is small and plain (ints, bools, strings, the ``uint8`` state tensors of the
 generators that draw its order): ``torch.save`` / ``torch.load(weights_only=True)`` round-trip it.
-Taken after ``k`` batches of an epoch were consumed, it records the generators' states *at the
-start of that epoch* and ``k``; loaded into a loader built with the same arguments, the next epoch
+Taken after ``k`` batches of an epoch were consumed, it records the generators' states *where the
+epoch's sampler began drawing* (after the iterator's worker seed, which persistent workers do not
+draw again) and ``k``; loaded into a loader built with the same arguments, the next epoch
 that loader starts re-draws the same order (the same draws from the same generator states) and
 begins at batch ``k + 1`` by index arithmetic (:mod:`zcopy_data._index_batches`): no sample of a
 skipped batch is read, and the generators end the epoch where the uninterrupted run's did, so later
-epochs match too. Taken between epochs, it records the generators' states as they are.
+epochs match too. Taken between epochs, it records the generators' states as they are; taken after
+an epoch's last batch, before its end was met, it resumes at the next epoch. Ranks step together,
+so one rank's state (Lightning checkpoints rank 0's) resumes every rank.
 
 Samplers drawing from PyTorch's global generator (``shuffle=True`` without a ``generator``): the
 resumed epoch is drawn from the global state saved with it and the caller's global state is put
