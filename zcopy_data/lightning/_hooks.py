@@ -77,9 +77,11 @@ class ZeroCopyTransfer:
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training and not getattr(self, "_zc_progress_attached", False):
-            attach_progress(trainer)  # the train loaders' states count the batches the loop used
-            self._zc_progress_attached = True
+        if trainer is not None and trainer.training:
+            loaders = trainer.train_dataloader
+            if loaders is not getattr(self, "_zc_progress_for", None):  # new loaders (a reload) too
+                attach_progress(trainer)  # the train loaders' states count the batches the loop used
+                self._zc_progress_for = loaders
         if isinstance(batch, LedgerBatch):
             self._tally(batch.records, first=True)
         else:
