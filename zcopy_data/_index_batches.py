@@ -130,8 +130,5 @@ def distributed_order(sampler: DistributedSampler[Any]) -> Indices:
 
 
 def _blocks(sampler: BlockShuffleSampler, skip: int = 0) -> Iterator[Indices]:
-    for runs in sampler.rank_runs()[skip:]:
-        if len(runs) == 1:
-            yield np.arange(runs[0][0], runs[0][1], dtype=np.int64)
-        else:
-            yield np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
+    for ((start, stop),) in sampler.rank_runs()[skip:]:  # every batch one run
+        yield np.arange(start, stop, dtype=np.int64)

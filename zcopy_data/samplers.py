@@ -139,15 +139,15 @@ class BlockShuffleSampler(Sampler[list[int]]):
 
     def runs(self, epoch: int | None = None) -> list[list[tuple[int, int]]]:
         """The epoch's batches for *all* ranks, in order, each a list of ``(start, stop)`` runs."""
-        return _as_runs(*self._blocks(self.epoch if epoch is None else epoch), self.n)
+        return _as_runs(*self._blocks(self.epoch if epoch is None else epoch))
 
-    def _blocks(self, epoch: int) -> tuple[_Ints, _Ints, int]:
+    def _blocks(self, epoch: int) -> tuple[_Ints, _Ints]:
         """The epoch's batches for all ranks, in order: starts and lengths (each batch one
-        contiguous range), and a rotation of the index space (0: none). Arrays, so that a resumed
-        epoch costs one permutation of the blocks and the few batches it yields, whatever ``n``."""
+        contiguous range). Arrays, so that a resumed epoch costs one permutation of the blocks
+        and the few batches it yields, whatever ``n``."""
         n, b, replicas = self.n, self.batch_size, self.num_replicas
         if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         phase = int(rng.integers(0, min(b, n))) if rng is not None else 0
         starts = np.arange(phase, n, b, dtype=np.int64)
@@ -161,9 +161,8 @@ class BlockShuffleSampler(Sampler[list[int]]):
             full = lengths == b
             starts, lengths = starts[full], lengths[full]
             keep = self._per_rank * replicas
-            return starts[:keep], lengths[:keep], 0
-        starts, lengths = _split_to(starts, lengths, self._per_rank * replicas)
-        return starts, lengths, 0
+            return starts[:keep], lengths[:keep]
+        return _split_to(starts, lengths, self._per_rank * replicas)
 
     def rank_runs(self) -> list[list[tuple[int, int]]]:
         """This rank's batches of the current epoch, as runs; after :meth:`load_state_dict`, the
@@ -171,22 +170,18 @@ class BlockShuffleSampler(Sampler[list[int]]):
         resume, self._resume = self._resume, None
         if resume is not None and resume[0] == self.epoch:
             self._chain = resume[1]
-            starts, lengths, offset = _rest_of_epoch(self, resume[1])
+            starts, lengths = _rest_of_epoch(self, resume[1])
         else:
             self._chain = []
-            starts, lengths, offset = self._blocks(self.epoch)
+            starts, lengths = self._blocks(self.epoch)
         step = self.num_replicas
-        return _as_runs(starts[self.rank :: step], lengths[self.rank :: step], offset, self.n)
+        return _as_runs(starts[self.rank :: step], lengths[self.rank :: step])
 
     def __iter__(self) -> Iterator[list[int]]:
         self._yielded = 0
-        for batch in self.rank_runs():
+        for ((start, stop),) in self.rank_runs():  # every batch one run
             self._yielded += 1
-            if len(batch) == 1:
-                start, stop = batch[0]
-                yield list(range(start, stop))
-            else:
-                yield [i for start, stop in batch for i in range(start, stop)]
+            yield list(range(start, stop))
 
     # -- resuming -------------------------------------------------------------------------
     def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
@@ -238,7 +233,7 @@ class BlockShuffleSampler(Sampler[list[int]]):
 
 def _rest_of_epoch(
     sampler: BlockShuffleSampler, chain: list[list[int]], epoch: int | None = None
-) -> tuple[_Ints, _Ints, int]:
+) -> tuple[_Ints, _Ints]:
     """The batches of ``epoch`` no rank has seen after the runs in ``chain``, for all of ``sampler``'s
     ranks (as :meth:`BlockShuffleSampler._blocks` gives them)."""
     epoch = sampler.epoch if epoch is None else epoch
@@ -246,7 +241,7 @@ def _rest_of_epoch(
     first = BlockShuffleSampler(
         sampler.n, sampler.batch_size, sampler.shuffle, sampler.seed, sampler.drop_last, num_replicas=world, rank=0
     )
-    starts, lengths, offset = first._blocks(epoch)
+    starts, lengths = first._blocks(epoch)
     for i, (w, d) in enumerate(chain):
         if i and w != world:
             starts, lengths = _deal(starts, lengths, w, sampler.drop_last)
@@ -259,7 +254,7 @@ def _rest_of_epoch(
         starts, lengths = starts[d * w :], lengths[d * w :]
     if world != sampler.num_replicas:
         starts, lengths = _deal(starts, lengths, sampler.num_replicas, sampler.drop_last)
-    return starts, lengths, offset
+    return starts, lengths
 
 
 def _deal(starts: _Ints, lengths: _Ints, ranks: int, drop_last: bool) -> tuple[_Ints, _Ints]:
@@ -292,15 +287,6 @@ def _split_to(starts: _Ints, lengths: _Ints, target: int) -> tuple[_Ints, _Ints]
     return starts, lengths
 
 
-def _as_runs(starts: _Ints, lengths: _Ints, offset: int, n: int) -> list[list[tuple[int, int]]]:
-    """Rotated-space batches as runs of real indices."""
-    return [_unrotate(s, length, offset, n) for s, length in zip(starts.tolist(), lengths.tolist(), strict=True)]
-
-
-def _unrotate(start: int, length: int, offset: int, n: int) -> list[tuple[int, int]]:
-    """Rotated-space block ``[start, start+length)`` as one or two runs of real indices."""
-    first = (start + offset) % n
-    end = first + length
-    if end <= n:
-        return [(first, end)]
-    return [(first, n), (0, end - n)]
+def _as_runs(starts: _Ints, lengths: _Ints) -> list[list[tuple[int, int]]]:
+    """Batches as lists of ``(start, stop)`` runs (one run each)."""
+    return [[(a, a + n)] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
