@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 import weakref
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from zcopy_data.errors import FileChangedError
+from zcopy_data.errors import CorruptFileError, FileChangedError
 
 __all__ = [
     "FileDescriptor",
@@ -236,10 +237,15 @@ def _private_map(path: str, identity: FileIdentity | None, shared: bool) -> tupl
             if os.path.exists(path):
                 check_unchanged(path, identity)
             return mm, identity
-    with open(path, "rb") as f:
-        found = FileIdentity.of_stat(os.fstat(f.fileno()))  # the file this descriptor opened, not the path now
+    # O_NONBLOCK: a FIFO put where the file was must be refused, not block this process forever
+    # (regular files ignore the flag).
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        st = os.fstat(f.fileno())
+        found = FileIdentity.of_stat(st)  # the file this descriptor opened, not the path now
         if identity is not None and found != identity:
             raise _changed(path, identity, found)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(f"{path!r} is not a regular file (a FIFO, device or socket); only files are read")
         with _lock:
             mm = _maps.get((real, found)) if shared else None
             if mm is not None:

@@ -53,6 +53,8 @@ def _corrupt(message: str) -> Exception:
 # -- .npy ------------------------------------------------------------------------------------
 def _npy_field(path: str, name: str) -> tuple[FieldReport, int]:
     fmt = np.lib.format
+    if not os.path.isfile(path):  # a FIFO named .npy would block the read forever
+        raise _corrupt(f"{path!r} is not a regular file (a FIFO, device or socket); only files are read")
     with open(path, "rb") as f:
         try:
             version = fmt.read_magic(f)
@@ -218,6 +220,8 @@ def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) 
         if npys and not any(os.path.isdir(os.path.join(path, e)) for e in entries):
             return _inspect_npy(npys, path)
         return _inspect_images(path)
+    if not os.path.isfile(path):  # a FIFO, device or socket: reading it could block forever
+        raise _corrupt(f"{path!r} is not a regular file (a FIFO, device or socket); only files are read")
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"\x93NUMPY"):

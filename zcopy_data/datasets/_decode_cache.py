@@ -211,6 +211,8 @@ def decoded_cache(
     """
     source = os.fspath(source)
     if not os.path.isfile(source):
+        if os.path.exists(source) and not os.path.isdir(source):  # a FIFO would block the decode forever
+            raise CorruptFileError(f"{source!r} is not a regular file (a FIFO, device or socket); only files are read")
         raise FileNotFoundError(f"no such file: {source!r}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)

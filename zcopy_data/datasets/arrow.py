@@ -28,7 +28,7 @@ from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_vi
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
-from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, UnsupportedColumnError
+from zcopy_data.errors import CorruptFileError, FileChangedError, SampleIndexError, SchemaError, UnsupportedColumnError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.gather import take_rows
 from zcopy_data.memory.policy import Allocation
@@ -48,6 +48,8 @@ def _map_file(path: str, identity: FileIdentity | None) -> tuple[np.ndarray[Any,
         found = identity_of(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such Arrow file: {path!r}") from None
+    if identity is not None and found != identity:
+        check_unchanged(path, identity)  # another file now: FileChangedError, whatever it is
     if os.path.isdir(path):
         raise CorruptFileError(f"{path!r} is a directory, not an Arrow IPC file")
     if not os.path.isfile(path):
@@ -195,6 +197,7 @@ class ArrowDataset(ZeroCopyDataset):
         self.source = self.path
         self.cache_reused: bool | None = None
         self._identity: FileIdentity | None = None  # taken once, at the first open: every process serves it
+        self._reopen_error: FileChangedError | None = None  # a worker's reopen that failed, raised at its first batch
         self._open()
 
     @classmethod
@@ -346,6 +349,8 @@ class ArrowDataset(ZeroCopyDataset):
 
     def check_sources(self) -> None:
         """The file is still the one the dataset was built on (one ``stat`` per batch)."""
+        if self._reopen_error is not None:
+            raise self._reopen_error
         if self._identity is not None:
             check_unchanged(self.path, self._identity)
 
@@ -418,7 +423,13 @@ class ArrowDataset(ZeroCopyDataset):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._open()
+        self._reopen_error = None
+        try:
+            self._open()
+        except FileChangedError as err:
+            # raised at the first batch, where a DataLoader worker reports it to the main process
+            # (raised here, it would end the worker before its loop: "exited unexpectedly")
+            self._reopen_error = err
 
     def __repr__(self) -> str:
         return f"ArrowDataset({Path(self.path).name!r}, {self._n} samples, {self.schema})"

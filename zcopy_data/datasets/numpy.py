@@ -40,6 +40,8 @@ def load_npy(
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
         with open(fd, "rb") as f:
             st = os.fstat(fd)
+            if identity is not None and FileIdentity.of_stat(st) != identity:
+                check_unchanged(name, identity)  # another file now: FileChangedError, whatever it is
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError
             if not stat.S_ISREG(st.st_mode):
