@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (a pre-empted job)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps in --data")
     parser.add_argument("--resume", default=None, help="a checkpoint to resume from, mid-epoch included")
+    parser.add_argument(
+        "--no-distributed-sampler", action="store_true", help="Trainer(use_distributed_sampler=False): refused"
+    )
     args = parser.parse_args(argv)
 
     pl.seed_everything(0, verbose=False)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=bool(every),
         enable_progress_bar=False,
         enable_model_summary=False,
+        use_distributed_sampler=not args.no_distributed_sampler,
     )
     model = TinyNet(args.out)
     trainer.fit(model, dm, ckpt_path=args.resume)  # the loaders' positions are in the checkpoint

@@ -100,6 +100,23 @@ def test_ddp_two_processes_with_lightnings_distributed_sampler(tmp_path: Path) -
     assert_each_sample_once_per_epoch(seen, 2)
 
 
+def test_ddp_without_lightnings_distributed_sampler_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    # Trainer(use_distributed_sampler=False) with shuffle="shuffle": a RandomSampler on each rank
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(
+        command(tmp_path, "--devices", "2", "--shuffle", "shuffle", "--no-distributed-sampler"),
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode != 0
+    assert "ValueError: the training loader runs on 2 ranks but its sampler is a RandomSampler" in done.stderr
+    assert "use_distributed_sampler=True" in done.stderr and "shuffle='block'" in done.stderr
+    assert not list((tmp_path / "out").iterdir())  # refused before any rank trained an epoch
+
+
 def test_two_nodes_started_externally_with_the_block_sampler(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     port = str(free_port())
@@ -149,3 +166,43 @@ def test_ddp_two_processes_stopped_mid_epoch_resume_where_they_stopped(tmp_path:
         assert first + resumed[rank, 0]["indices"] == whole[rank, 0]["indices"]
         assert resumed[rank, 1]["indices"] == whole[rank, 1]["indices"]
     assert_each_sample_once_per_epoch(resumed | {(r, 0): whole[r, 0] for r in range(2)}, 2)
+
+
+def test_which_train_samplers_count_as_rank_aware() -> None:
+    import numpy as np
+    from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+    from zcopy_data import NumpyDataset, ZeroCopyDataLoader
+    from zcopy_data.lightning._sharding import _unsharded
+    from zcopy_data.samplers import BlockShuffleSampler
+
+    ds = NumpyDataset({"x": np.arange(64, dtype=np.int64)})
+
+    class Stream(IterableDataset[int]):
+        def __iter__(self) -> Any:
+            return iter(range(4))
+
+    class OwnSampler:  # a kind the check knows nothing of: trusted
+        def __iter__(self) -> Any:
+            return iter(range(0, 64, 2))
+
+        def __len__(self) -> int:
+            return 32
+
+    cases = {
+        "shuffle": (ZeroCopyDataLoader(ds, batch_size=8, shuffle=True), "a RandomSampler, which ignores the rank"),
+        "sequential": (DataLoader(ds, batch_size=8), "a SequentialSampler, which ignores the rank"),
+        "dist-2": (DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=2, rank=0)), None),
+        "dist-4": (
+            DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=4, rank=0)),
+            "a DistributedSampler for 4 ranks",
+        ),
+        "block-2": (DataLoader(ds, batch_sampler=BlockShuffleSampler(64, 8, num_replicas=2, rank=1)), None),
+        "block-1": (
+            DataLoader(ds, batch_sampler=BlockShuffleSampler(64, 8, num_replicas=1, rank=0)),
+            "a BlockShuffleSampler for 1 ranks",
+        ),
+        "own": (DataLoader(ds, batch_size=8, sampler=OwnSampler()), None),  # type: ignore[arg-type]
+        "iterable": (DataLoader(Stream(), batch_size=2), None),
+    }
+    assert {k: _unsharded(loader, 2) for k, (loader, _) in cases.items()} == {k: w for k, (_, w) in cases.items()}

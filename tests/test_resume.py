@@ -509,3 +509,56 @@ def test_a_set_epoch_mismatch_warns_and_starts_the_epoch_whole() -> None:
     with pytest.warns(UserWarning, match=r"taken in epoch 3, but this epoch is 4"):
         got = [b["x"].tolist() for b in resumed]
     assert got == _epoch(_make(ds, "distributed", world=2, rank=0), 4)
+
+
+# -- epochs that nobody numbers --------------------------------------------------------------------
+def _epochs_without_set_epoch(loader: ZeroCopyDataLoader, n: int) -> list[list[list[int]]]:
+    return [[b["x"].tolist() for b in loader] for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["block", "distributed"])
+@pytest.mark.parametrize("mode", MODES, ids=["0w", "threads", "processes"])
+def test_a_sampler_whose_set_epoch_is_never_called_still_gets_a_new_order_each_epoch(
+    kind: str, mode: tuple[int, str]
+) -> None:
+    ds = NumpyDataset({"x": np.arange(N, dtype=np.int64)})
+    unnumbered = _make(ds, kind, mode, world=2, rank=1)
+    numbered = _make(ds, kind, world=2, rank=1)
+    got = _epochs_without_set_epoch(unnumbered, 3)
+    want = [_epoch(numbered, e) for e in range(3)]
+    assert got == want  # the loader moved the epoch on itself: 0, 1, 2, as a set_epoch loop would
+    assert len({json.dumps(e) for e in got}) == 3
+    _shut_down(unnumbered)
+
+
+@pytest.mark.parametrize("kind", ["block", "distributed"])
+def test_an_epoch_set_by_the_caller_is_kept_even_when_it_repeats(kind: str) -> None:
+    ds = NumpyDataset({"x": np.arange(N, dtype=np.int64)})
+    loader = _make(ds, kind)
+    first = _epoch(loader, 4)
+    assert _epoch(loader, 4) == first  # asked for epoch 4 again: not moved on
+    assert _epoch(loader, 2) == _epoch(_make(ds, kind), 2)
+    assert _epochs_without_set_epoch(loader, 1) == [_epoch(_make(ds, kind), 3)]  # then on by itself
+
+
+@pytest.mark.parametrize("kind", ["block", "distributed"])
+@pytest.mark.parametrize("where", ["mid", "last_batch", "between"])
+def test_a_resumed_run_without_set_epoch_continues_the_epochs_it_would_have_seen(kind: str, where: str) -> None:
+    ds = NumpyDataset({"x": np.arange(N, dtype=np.int64)})
+    whole = [b for e in _epochs_without_set_epoch(_make(ds, kind), 4) for b in e]
+    run = _make(ds, kind)
+    seen = [b for e in _epochs_without_set_epoch(run, 1) for b in e]  # epoch 0
+    it = iter(run)  # epoch 1
+    per_epoch = len(run)
+    stop = {"mid": per_epoch // 2, "last_batch": per_epoch, "between": per_epoch}[where]
+    seen += [next(it)["x"].tolist() for _ in range(stop)]
+    if where == "between":
+        assert next(it, None) is None  # the epoch's end was met
+    state = _roundtrip(run.state_dict())
+    assert type(state["sampler_epoch"]) is int
+    resumed = _make(ds, kind)
+    resumed.load_state_dict(state)
+    rest = [b for e in _epochs_without_set_epoch(resumed, 4 - 1 - (where != "mid")) for b in e]
+    if where == "mid":  # the rest of epoch 1 then epochs 2 and 3; else epochs 2 and 3
+        rest = rest[: len(whole) - len(seen)]
+    assert seen + rest == whole

@@ -85,8 +85,53 @@ def _sampler_epoch(loader: DataLoader[Any]) -> int | None:
     for s in (loader.batch_sampler, _inner_sampler(loader)):
         epoch = getattr(s, "epoch", None)
         if isinstance(epoch, int) and hasattr(s, "set_epoch"):
-            return epoch
+            return int(epoch)
     return None
+
+
+class _Used(int):
+    """A sampler's epoch once an epoch drawn with it handed out a batch: ``set_epoch`` replaces it
+    with a plain ``int``, so at the next epoch's start the loader knows whether it was called since."""
+
+    __slots__ = ()
+
+
+def _epoch_sampler(loader: DataLoader[Any]) -> Any:
+    for s in (loader.batch_sampler, _inner_sampler(loader)):
+        if isinstance(getattr(s, "epoch", None), int) and hasattr(s, "set_epoch"):
+            return s
+    return None
+
+
+def advance_unset_epoch(loader: DataLoader[Any]) -> Any:
+    """At an epoch's start: a sampler whose ``set_epoch`` was not called since an earlier epoch
+    handed out batches is moved on by one, so each epoch gets a new order (a ``DistributedSampler``
+    or ``BlockShuffleSampler`` left alone would repeat its first one). Returns the sampler, to mark
+    at the epoch's first batch: an iterator made and dropped unused (Lightning checks that a
+    loader is iterable that way) uses up no epoch."""
+    s = _epoch_sampler(loader)
+    if s is not None and type(s.epoch) is _Used:
+        s.set_epoch(int(s.epoch) + 1)
+    return s
+
+
+def _mark_used(sampler: Any) -> None:
+    if type(sampler.epoch) is not _Used:
+        try:
+            sampler.epoch = _Used(sampler.epoch)
+        except (AttributeError, TypeError):  # a read-only epoch: the sampler keeps its own count
+            pass
+
+
+def _next_epoch_advances(loader: DataLoader[Any]) -> bool:
+    s = _epoch_sampler(loader)
+    return s is not None and type(s.epoch) is _Used
+
+
+def _next_sampler_epoch(loader: DataLoader[Any]) -> int | None:
+    """The sampler's epoch for the next epoch if nobody calls ``set_epoch`` before it."""
+    epoch = _sampler_epoch(loader)
+    return None if epoch is None else epoch + _next_epoch_advances(loader)
 
 
 def _set_sampler_epoch(loader: DataLoader[Any], epoch: int) -> None:
@@ -109,6 +154,7 @@ class LoaderProgress:
         self._epochs = 0  # epochs this loader has started
         self._at_draws: dict[str, Any] | None = None  # a state to apply when the sampler starts drawing
         self._restore_global: torch.Tensor | None = None
+        self._sampler: Any = None  # the sampler whose epoch this epoch uses, marked at its first batch
 
     # -- counting ---------------------------------------------------------------------------
     def counted(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -155,6 +201,7 @@ class LoaderProgress:
                             "state_dict()/load_state_dict() or use a PyTorch sampler for a resume by arithmetic",
                             stacklevel=4,
                         )
+        self._sampler = advance_unset_epoch(loader)  # a loaded state set the epoch: nothing moves then
         self._start = {
             "generators": _generator_states(loader),
             "global_rng": torch.get_rng_state() if _uses_global_rng(loader) else None,
@@ -205,7 +252,9 @@ class LoaderProgress:
             "batches_done": done if mid else 0,
             "generators": self._start["generators"] if mid else _generator_states(loader),
             "global_rng": self._start["global_rng"] if mid else None,
-            "sampler_epoch": self._start["sampler_epoch"] if mid else _sampler_epoch(loader),
+            # between epochs, the epoch the next one uses: one more when the loader would move it on
+            "sampler_epoch": self._start["sampler_epoch"] if mid else _next_sampler_epoch(loader),
+            "epoch_advances": _next_epoch_advances(loader),
             "sampler_state": None,
             # whether the next epoch's iterator draws a worker seed first (persistent workers, once
             # started, do not): where a between-epochs state's generators are set
@@ -220,6 +269,7 @@ class LoaderProgress:
                 state["sampler_state"]["epoch"] = self._start["sampler_epoch"]
             else:
                 state["sampler_state"]["progress"] = [[bs.num_replicas, 0]]
+                state["sampler_state"]["epoch"] = state["sampler_epoch"]
         return state
 
     def load_state_dict(self, loader: DataLoader[Any], state: dict[str, Any]) -> None:
@@ -264,9 +314,12 @@ class LoaderProgress:
         if not 0 <= done <= len(loader):
             raise ResumeStateError(f"batches_done={done} is outside this loader's {len(loader)} batches per epoch")
         bs = loader.batch_sampler
+        past_the_end = state["in_epoch"] and done == len(loader)
         if state["sampler_epoch"] is not None:
-            _set_sampler_epoch(loader, int(state["sampler_epoch"]))
-        if state["in_epoch"] and done == len(loader):
+            # a state at an epoch's last batch resumes at the next epoch: the one the run would use
+            advance = past_the_end and bool(state.get("epoch_advances", False))
+            _set_sampler_epoch(loader, int(state["sampler_epoch"]) + advance)
+        if past_the_end:
             # every batch was consumed, the end not yet met: a state between epochs, once the
             # epoch's draws are made (indices only, nothing read)
             state = _past_the_end(loader, state)
@@ -332,5 +385,8 @@ class _Counted(Iterator[Any]):
         except StopIteration:
             self._progress.in_epoch = False
             raise
-        self._progress.done += 1
+        progress = self._progress
+        progress.done += 1
+        if progress.done == progress._offset + 1 and progress._sampler is not None:
+            _mark_used(progress._sampler)  # this epoch's order is used: the next one needs another
         return batch

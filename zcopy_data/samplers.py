@@ -201,7 +201,7 @@ class BlockShuffleSampler(Sampler[list[int]]):
             "shuffle": self.shuffle,
             "seed": self.seed,
             "drop_last": self.drop_last,
-            "epoch": self.epoch,
+            "epoch": int(self.epoch),  # a plain int, whatever marks the loader left on it
             "progress": [*self._chain, [self.num_replicas, done]],
         }
 

@@ -23,6 +23,7 @@ from zcopy_data.ledger import Record, capture
 from zcopy_data.lightning._checks import device_cast
 from zcopy_data.lightning._loaders import LedgerBatch, unwrap_ledger_batch
 from zcopy_data.lightning._progress import attach_progress
+from zcopy_data.lightning._sharding import check_train_sharding
 from zcopy_data.transfer import DeviceCast, to_device
 
 __all__ = ["ZeroCopyTransfer"]
@@ -80,6 +81,7 @@ class ZeroCopyTransfer:
         if trainer is not None and trainer.training:
             loaders = trainer.train_dataloader
             if loaders is not getattr(self, "_zc_progress_for", None):  # new loaders (a reload) too
+                check_train_sharding(trainer)  # every rank its own shard, before the first step
                 attach_progress(trainer)  # the train loaders' states count the batches the loop used
                 self._zc_progress_for = loaders
         if isinstance(batch, LedgerBatch):
