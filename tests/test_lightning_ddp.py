@@ -100,6 +100,7 @@ def test_ddp_two_processes_with_lightnings_distributed_sampler(tmp_path: Path) -
     assert_each_sample_once_per_epoch(seen, 2)
 
 
+@pytest.mark.reliability
 def test_ddp_without_lightnings_distributed_sampler_is_refused_naming_the_fix(tmp_path: Path) -> None:
     # Trainer(use_distributed_sampler=False) with shuffle="shuffle": a RandomSampler on each rank
     (tmp_path / "out").mkdir()
@@ -168,6 +169,7 @@ def test_ddp_two_processes_stopped_mid_epoch_resume_where_they_stopped(tmp_path:
     assert_each_sample_once_per_epoch(resumed | {(r, 0): whole[r, 0] for r in range(2)}, 2)
 
 
+@pytest.mark.reliability
 def test_which_train_samplers_count_as_rank_aware() -> None:
     import numpy as np
     from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
