@@ -150,7 +150,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:  # noqa: ARG001
     runner = _bench("runner")
     BenchConfig, run_bench = runner.BenchConfig, runner.run_bench
 
-    cfg = BenchConfig.quick(contenders=("default", "zcopy"), max_pass_s=0.5)
+    # rows are plain measurements (a quarter second of passes each); the targets' verdicts come from
+    # the paired rounds (3 processes of 3 rounds, both sides taking turns in each), see zcopy_bench.verdict
+    cfg = BenchConfig.quick(contenders=("default", "zcopy"), max_pass_s=0.5, min_timed_s=0.25)
     paths = make_synthetic(cfg.n, cfg.shape)
     ds = NumpyDataset({k: str(p) for k, p in paths.items()})
     print(f"dataset: {ds}\n")

@@ -23,7 +23,7 @@ import torch
 
 from zcopy_bench.data import DataSource
 
-__all__ = ["LIMITS", "measure_limits"]
+__all__ = ["LIMITS", "Loop", "limit_loops", "measure_limits", "timed_limit_pass"]
 
 LIMITS = {
     "gather_1t": "np.take(mode='clip', out=reused), 1 thread",
@@ -38,21 +38,14 @@ def _epoch_indices(batches: Iterable[list[int]]) -> list[np.ndarray[Any, Any]]:
     return [np.asarray(b, dtype=np.int64) for b in batches]
 
 
-def _timed_pass(step: Callable[[np.ndarray[Any, Any]], None], epoch: list[np.ndarray[Any, Any]], cap_s: float) -> float:
-    n = 0
-    t0 = time.perf_counter()
-    for idx in epoch:
-        step(idx)
-        n += idx.size
-        if time.perf_counter() - t0 > cap_s:
-            break
-    return n / (time.perf_counter() - t0)
+Loop = tuple[Callable[[np.ndarray[Any, Any]], None], int]
+"""One limit: the step that copies one batch of indices, and the torch threads it runs on."""
 
 
-def measure_limits(
-    src: DataSource, batches: Iterable[list[int]], batch_size: int, *, passes: int, cap_s: float
-) -> dict[str, list[float]]:
-    """Samples/s of each limit loop, one value per pass (after one warm-up pass each)."""
+def limit_loops(
+    src: DataSource, batches: Iterable[list[int]], batch_size: int
+) -> tuple[dict[str, Loop], list[np.ndarray[Any, Any]]]:
+    """Every limit's step over prepared buffers, and one epoch of prepared indices (see the module)."""
     arrays = {k: np.load(p, mmap_mode="c").view(np.ndarray) for k, p in src.paths.items()}
     tensors = {k: torch.from_numpy(a) for k, a in arrays.items()}
     np_out = {k: np.empty((batch_size, *a.shape[1:]), a.dtype) for k, a in arrays.items()}
@@ -74,16 +67,36 @@ def measure_limits(
         for name, t in tensors.items():
             torch.index_select(t, 0, ti, out=t_out[name][:k])
 
-    loops = {"gather_1t": (gather_1t, 1), "index_select_all": (index_select_all, os.cpu_count() or 1)}
-    rates: dict[str, list[float]] = {k: [] for k in loops}
+    return {"gather_1t": (gather_1t, 1), "index_select_all": (index_select_all, os.cpu_count() or 1)}, epoch
+
+
+def timed_limit_pass(loop: Loop, epoch: list[np.ndarray[Any, Any]], cap_s: float) -> tuple[int, float]:
+    """Samples and seconds of one pass of ``loop`` over ``epoch`` (stopped after ``cap_s`` seconds)."""
+    step, threads = loop
     before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        for p in range(passes + 1):
-            for name, (step, threads) in loops.items():
-                torch.set_num_threads(threads)
-                rate = _timed_pass(step, epoch, cap_s)
-                if p:  # pass 0 warms the page cache, the mapping and the buffers up
-                    rates[name].append(rate)
+        n = 0
+        t0 = time.perf_counter()
+        for idx in epoch:
+            step(idx)
+            n += idx.size
+            if time.perf_counter() - t0 > cap_s:
+                break
+        return n, time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
+
+
+def measure_limits(
+    src: DataSource, batches: Iterable[list[int]], batch_size: int, *, passes: int, cap_s: float
+) -> dict[str, list[float]]:
+    """Samples/s of each limit loop, one value per pass (after one warm-up pass each)."""
+    loops, epoch = limit_loops(src, batches, batch_size)
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+    for p in range(passes + 1):
+        for name, loop in loops.items():
+            n, seconds = timed_limit_pass(loop, epoch, cap_s)
+            if p:  # pass 0 warms the page cache, the mapping and the buffers up
+                rates[name].append(n / seconds)
     return rates

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zcopy_bench.verdict import describe
+
 __all__ = ["format_markdown", "format_table", "plot"]
 
 _ORDER_TITLES = {"seq": "sequential", "shuffle": "shuffled", "block": "block-shuffled"}
@@ -72,14 +74,17 @@ def format_table(result: dict[str, Any]) -> str:
     for s in result["skipped"]:
         lines.append(f"skipped {s['contender']}: {s['reason']}")
     for pair in result.get("paired", []):
-        per = ", ".join(f"{r:.2f}" for r in pair["ratios"])
+        ratios = pair["ratios"]
         lines.append(
-            f"paired {pair['order']}: zcopy with {pair['workers']} workers / no workers, alternating in one "
-            f"process: {pair['ratio']:.2f}x (per process: {per})"
+            f"paired {pair['order']}: zcopy with {pair['workers']} workers / no workers, taking turns in one "
+            f"process: {pair['ratio']:.2f}x (median of {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})"
         )
-    for t in result["targets"]:
-        mark = "met" if t["met"] else "NOT met"
-        lines.append(f"target {t['name']}: {t['value']:.2f} (goal >= {t['goal']:.3g}) {mark}")
+    if result["targets"]:
+        lines += [
+            "targets: the two sides of each take turns in one process, one ratio per round, in 3 or more processes;",
+            "  met when the median's 95% interval clears the goal, NOT met when it is all below, else inconclusive",
+        ]
+    lines += [describe(t) for t in result["targets"]]
     return "\n".join(lines)
 
 

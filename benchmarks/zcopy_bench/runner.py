@@ -5,6 +5,12 @@ process (same allocator and page-cache state); within each repeat the contenders
 back to back, in reversed order every other repeat, so machine drift hits all of them alike; each
 process warms up one pass, then times ``epochs`` passes; rows report medians over all passes of
 all repeats. The machine's gather limit is measured in the same run, between the contenders.
+
+Rows are measurements, not verdicts. A target's verdict (and the "paired" workers / no workers
+ratio) comes from pairs: the two loaders (or loader and limit loop) a target compares, built in
+one process and taking turns of a few milliseconds in rounds (:func:`zcopy_bench.measure._group`),
+in ``max(repeats, 3)`` processes; the verdict reads the median of the per-round ratios and its
+95% interval (:mod:`zcopy_bench.verdict`).
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import torch
 from zcopy_bench.contenders import CONTENDERS, ORDERS, available
 from zcopy_bench.data import DataSource, default_cache_dir, synthetic_source
 from zcopy_bench.limits import LIMITS
+from zcopy_bench.verdict import classify
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "machine_info", "run_bench"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _LIBRARIES = ("torch", "numpy", "zcopy-data", "tensordict", "datasets", "pyarrow", "matplotlib", "tqdm")
 
@@ -50,6 +57,11 @@ class BenchConfig:
         max_pass_s: a pass stops after this many seconds (slow peers would otherwise take minutes).
         threads: torch intra-op threads of every contender (1 by default, so that the 1-thread
             gather limit is the ceiling of a 0-worker loader; torch's own default is all cores).
+        rounds: rounds per process of every pair (the two sides a target or a "paired" ratio
+            compares, taking turns in one process; each pair runs in ``max(repeats, 3)`` processes);
+            ``round_s``: seconds each side runs per round.
+        check_targets: measure and judge the project's targets; ``None`` means "when the data
+            is the reference data" (generated uint8 (3, 64, 64), batch 256, 1 thread).
     """
 
     n: int = 60_000
@@ -65,6 +77,9 @@ class BenchConfig:
     min_timed_s: float = 0.5
     seed: int = 0
     threads: int = 1
+    rounds: int = 4
+    round_s: float = 0.05
+    check_targets: bool | None = None
     cache_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +92,10 @@ class BenchConfig:
             raise ValueError(f"repeats={self.repeats} and epochs={self.epochs} should be >= 1")
         if self.threads < 1:
             raise ValueError(f"threads={self.threads} should be >= 1")
+        if self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds} should be >= 1")
+        if self.round_s < 0:
+            raise ValueError(f"round_s={self.round_s} should be >= 0")
         if self.max_pass_s <= 0:
             raise ValueError(f"max_pass_s={self.max_pass_s} should be > 0")
         if self.min_timed_s < 0:
@@ -94,8 +113,16 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
-        """A smaller run (< 2 minutes): 20k samples, no workers, one repeat of two timed passes."""
-        base: dict[str, Any] = {"n": 20_000, "repeats": 1, "epochs": 2, "workers": (0,), "max_pass_s": 1.0}
+        """A smaller run (< 2 minutes): 20k samples, no workers, one repeat of two timed passes
+        (and 3 processes of 3 paired rounds for the targets)."""
+        base: dict[str, Any] = {
+            "n": 20_000,
+            "repeats": 1,
+            "epochs": 2,
+            "workers": (0,),
+            "max_pass_s": 1.0,
+            "rounds": 3,
+        }
         return cls(**{**base, **kw})
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +140,9 @@ class BenchConfig:
             "min_timed_s": self.min_timed_s,
             "seed": self.seed,
             "threads": self.threads,
+            "rounds": self.rounds,
+            "round_s": self.round_s,
+            "check_targets": self.check_targets,
         }
 
 
@@ -250,19 +280,74 @@ class _Progress:
             self.bar.close()
 
 
-def _plan(cfg: BenchConfig, names: list[str]) -> list[tuple[str, str, int]]:
-    plan: list[tuple[str, str, int]] = []
-    for rep in range(cfg.repeats):
+_GOALS_2W = {"shuffle": 4.0, "block": 20.0}
+"""zcopy with 2 workers: at least this many times the default path with 2 workers, per order."""
+WORKERS_TOLERANCE = 0.02
+"""2 workers are "never slower" than none to within this: views cost the same code either way, so
+their ratio is parity, give or take what a paired round resolves."""
+
+
+MIN_GROUP_RUNS = 3
+"""Every pair runs in at least this many processes (``repeats`` when more), so a shift that one
+process's memory layout or allocator state gives both sides shows in the per-round spread."""
+
+Pair = tuple[str, str]
+"""Two sides taking turns in one process, as side keys (:func:`zcopy_bench.measure.side_key`):
+``("zcopy:0", "default:0")`` measures zcopy over the default path, both without workers."""
+
+
+def _side(key: str) -> dict[str, Any]:
+    """The measuring spec of a side key: ``"zcopy:2"`` or ``"limit:gather_1t"``."""
+    kind, _, rest = key.partition(":")
+    return {"limit": rest} if kind == "limit" else {"contender": kind, "workers": int(rest)}
+
+
+def _pairs(cfg: BenchConfig, names: list[str], order: str, workers: int, targets: bool) -> list[Pair]:
+    """The pairs measured taking turns in one process for one cell (each pair in its own process).
+
+    0 workers, shuffled (targets only): zcopy over the 1-thread gather limit and over the default
+    path, plain over the default path and over zcopy. With workers: zcopy with them over zcopy
+    without (the "paired" ratio), and zcopy over the default path, both with 2 workers, where a
+    target compares them. None without zcopy.
+    """
+    out: list[Pair] = []
+    if "zcopy" not in names:
+        return out
+    if workers == 0:
+        if targets and order == "shuffle":
+            out.append(("zcopy:0", "limit:gather_1t"))
+            if "default" in names:
+                out.append(("zcopy:0", "default:0"))
+            if "plain" in names and "default" in names:
+                out.append(("plain:0", "default:0"))
+            if "plain" in names:
+                out.append(("plain:0", "zcopy:0"))
+        return out
+    if 0 in cfg.workers:
+        out.append((f"zcopy:{workers}", "zcopy:0"))
+    if targets and workers == 2 and order in _GOALS_2W and "default" in names:
+        out.append(("zcopy:2", "default:2"))
+    return out
+
+
+_Step = tuple[str, str, int, Pair | None]
+
+
+def _plan(cfg: BenchConfig, names: list[str], targets: bool = False) -> list[_Step]:
+    plan: list[_Step] = []
+    groups = any(_pairs(cfg, names, o, w, targets) for o in cfg.orders for w in cfg.workers)
+    for rep in range(max(cfg.repeats, MIN_GROUP_RUNS) if groups else cfg.repeats):
         for workers in cfg.workers:
             for order in cfg.orders:
-                if workers == cfg.workers[0]:
-                    plan.append(("limits", order, 0))  # the limit takes no workers: once per order and repeat
-                # Alternate contenders within each cell so machine drift cancels out.
-                for name in names if rep % 2 == 0 else reversed(names):
-                    if workers >= CONTENDERS[name].min_workers:
-                        plan.append((name, order, workers))
-                if workers > 0 and 0 in cfg.workers and "zcopy" in names:
-                    plan.append(("pair", order, workers))  # 0 vs `workers` workers in one process
+                if rep < cfg.repeats:
+                    if workers == cfg.workers[0]:
+                        plan.append(("limits", order, 0, None))  # the limit takes no workers: once per order and repeat
+                    # Alternate contenders within each cell so machine drift cancels out.
+                    for name in names if rep % 2 == 0 else reversed(names):
+                        if workers >= CONTENDERS[name].min_workers:
+                            plan.append((name, order, workers, None))
+                for pair in _pairs(cfg, names, order, workers, targets):
+                    plan.append(("group", order, workers, pair))  # the pair taking turns in one process
     return plan
 
 
@@ -298,6 +383,7 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
     if cfg.batch_size > src.n:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {src.n} samples of {src.origin}")
     _warm_page_cache(src)
+    targets = _is_reference(cfg, src) if cfg.check_targets is None else cfg.check_targets
 
     base = {
         "batch_size": cfg.batch_size,
@@ -306,24 +392,31 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
         "max_pass_s": cfg.max_pass_s,
         "min_timed_s": cfg.min_timed_s,
         "threads": cfg.threads,
+        "rounds": cfg.rounds,
+        "round_s": cfg.round_s,
         "source": src.to_spec(),
         "cache": str(cache),
     }
     rates: dict[tuple[str, str, int], list[float]] = {}
     limit_rates: dict[tuple[str, str], list[float]] = {}
     info: dict[tuple[str, str, int], dict[str, Any]] = {}
-    pairs: dict[tuple[str, int], list[float]] = {}
-    plan = _plan(cfg, names)
+    groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    plan = _plan(cfg, names, targets)
     server = _ForkServer([r for n in names if (r := CONTENDERS[n].requires)])
     bar = _Progress(len(plan), progress, log)
     try:
-        for name, order, workers in plan:
-            bar.start(f"{name} {order} w={workers}")
-            res = server.run({**base, "contender": name, "order": order, "workers": workers})
-            if name == "pair":
-                r = res["pair"]
-                pairs.setdefault((order, workers), []).append(_median(r["workers"]) / _median(r["none"]))
-                bar.done(f"  paired   {order:<8} workers={workers}  {pairs[(order, workers)][-1]:>12.2f}x no workers")
+        for name, order, workers, pair in plan:
+            bar.start(f"{name} {order} w={workers}" + (f" {pair[0]} / {pair[1]}" if pair else ""))
+            spec = {**base, "contender": name, "order": order, "workers": workers}
+            if pair is not None:
+                spec["sides"] = [_side(key) for key in pair]
+            res = server.run(spec)
+            if pair is not None:
+                group = groups.setdefault((order, *pair), {})
+                for key, values in res["group"].items():
+                    group.setdefault(key, []).extend(values)
+                ratio = _median([x / y for x, y in zip(res["group"][pair[0]], res["group"][pair[1]], strict=True)])
+                bar.done(f"  paired   {order:<8} {pair[0]} / {pair[1]}: {ratio:.3f} (median of {cfg.rounds} rounds)")
                 continue
             if name == "limits":
                 for kind, values in res["limits"].items():
@@ -344,13 +437,33 @@ def run_bench(cfg: BenchConfig, *, log: Any = print, progress: bool = False) -> 
         bar.close()
         server.close()
     record = _record(cfg, src, names, skipped, rates, limit_rates, info, time.perf_counter() - started)
-    record["paired"] = [
-        {"order": order, "workers": workers, "ratio": _median(ratios), "ratios": ratios}
-        for (order, workers), ratios in pairs.items()
-    ]
-    if record["targets"]:
-        record["targets"] += _worker_targets(record["paired"])
+    record["paired"] = _paired(groups)
+    if targets:
+        record["targets"] = _targets(groups) + _worker_targets(record["paired"])
     return record
+
+
+Groups = dict[tuple[str, str, str], dict[str, list[float]]]
+"""``(order, a, b) -> {a: samples/s per round, b: ...}``, rounds of every process of the pair in turn."""
+
+
+def _round_ratios(groups: Groups, order: str, a: str, b: str) -> list[float] | None:
+    """Side ``a`` over side ``b``, one ratio per round; ``None`` when the pair was not measured."""
+    group = groups.get((order, a, b))
+    if group is None:
+        return None
+    return [x / y for x, y in zip(group[a], group[b], strict=True)]
+
+
+def _paired(groups: Groups) -> list[dict[str, Any]]:
+    """zcopy with workers over zcopy without, per order and worker count: per-round ratios, median."""
+    out = []
+    for order, a, b in groups:
+        kind, _, workers = a.partition(":")
+        if kind == "zcopy" and b == "zcopy:0" and int(workers) > 0:
+            ratios = _round_ratios(groups, order, a, b) or []
+            out.append({"order": order, "workers": int(workers), "ratio": _median(ratios), "ratios": ratios})
+    return out
 
 
 def _record(
@@ -417,28 +530,31 @@ def _record(
         "skipped": skipped,
         "limits": limits,
         "rows": rows,
-        "targets": _targets(rows) if _is_reference(cfg, src) else [],
+        "targets": [],  # filled in by run_bench from the paired groups
     }
 
 
-def _worker_targets(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Never slower with 2 workers than with none, from the paired measurements (one process each).
+def _target(name: str, goal: float, ratios: list[float], sides: tuple[str, str]) -> dict[str, Any]:
+    return {"name": name, "sides": f"{sides[0]} / {sides[1]}", **classify(ratios, goal)}
 
-    Batches that are views cost the same code with and without workers, so their ratio is parity
-    give or take the measurement's resolution: the goal is 1 less the half-spread of the
-    per-process ratios (at least 0.5%, at most 3%), stated in the target's name.
+
+def _worker_targets(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Never slower with 2 workers than with none, from the paired rounds (one process per repeat).
+
+    Batches that are views cost the same code with and without workers, so their ratio is parity:
+    the goal is 1 less :data:`WORKERS_TOLERANCE`, stated in the target's name.
     """
-    out = []
-    for p in paired:
-        if p["workers"] == 2:
-            value, ratios = p["ratio"], p["ratios"]
-            tol = min(0.03, max(0.005, (max(ratios) - min(ratios)) / 2))
-            name = (
-                f"zcopy {p['order']}: 2 workers / 0 workers, paired in one process "
-                f"(never slower, to within this run's +-{tol:.1%})"
-            )
-            out.append({"name": name, "value": value, "goal": 1.0 - tol, "met": bool(value >= 1.0 - tol)})
-    return out
+    tol = WORKERS_TOLERANCE
+    return [
+        _target(
+            f"zcopy {p['order']}: 2 workers / 0 workers, paired in one process (never slower, to within {tol:.0%})",
+            1.0 - tol,
+            p["ratios"],
+            ("zcopy:2", "zcopy:0"),
+        )
+        for p in paired
+        if p["workers"] == 2
+    ]
 
 
 def _is_reference(cfg: BenchConfig, src: DataSource) -> bool:
@@ -446,50 +562,28 @@ def _is_reference(cfg: BenchConfig, src: DataSource) -> bool:
     return src.origin == "synthetic" and cfg.shape == (3, 64, 64) and cfg.batch_size == 256 and cfg.threads == 1
 
 
-def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The project's goals for shuffled, 0-worker zcopy_data, where this run measured them.
+def _targets(groups: Groups) -> list[dict[str, Any]]:
+    """The project's goals for zcopy_data, where this run measured them in paired rounds.
 
-    Both ways of using it: ``ZeroCopyDataLoader`` (``zcopy``) and a plain ``DataLoader`` with
-    ``collate_fn=zero_copy_collate`` (``plain``), each holding the previous batch while the next
-    is fetched, as every ``for batch in loader:`` does.
+    Shuffled, 0 workers, both ways of using it: ``ZeroCopyDataLoader`` (``zcopy``) and a plain
+    ``DataLoader`` with ``collate_fn=zero_copy_collate`` (``plain``), each holding the previous batch
+    while the next is fetched, as every ``for batch in loader:`` does; then zcopy with 2 workers
+    against the default path with 2 workers. Every ratio is per round of one group (both sides in
+    one process, taking turns); the rows' medians from separate processes give no verdict.
     """
-    cell = {(r["contender"], r["order"], r["workers"]): r for r in rows}
-    row = cell.get(("zcopy", "shuffle", 0))
-    if row is None:
-        return []
-    out = [
-        {
-            "name": "zcopy shuffle 0 workers: fraction of the 1-thread gather limit",
-            "value": row["fraction_of_gather_1t"],
-            "goal": 0.9,
-        }
-    ]
-    if row["ratio_to_default"] is not None:
-        out.append({"name": "zcopy shuffle 0 workers: x default path", "value": row["ratio_to_default"], "goal": 4.0})
-    plain = cell.get(("plain", "shuffle", 0))
-    if plain is not None:
-        if plain["ratio_to_default"] is not None:
-            out.append(
-                {"name": "plain shuffle 0 workers: x default path", "value": plain["ratio_to_default"], "goal": 4.0}
-            )
-        out.append(
-            {
-                "name": "plain shuffle 0 workers: fraction of zcopy (within 10%)",
-                "value": plain["samples_per_s"] / row["samples_per_s"],
-                "goal": 0.9,
-            }
-        )
-    cell = {(r["contender"], r["order"], r["workers"]): r for r in rows}
-    for order, goal in (("shuffle", 4.0), ("block", 20.0)):
-        two = cell.get(("zcopy", order, 2))
-        if two is not None and two["ratio_to_default"] is not None:
-            out.append(
-                {
-                    "name": f"zcopy {order} 2 workers: x default path with 2 workers",
-                    "value": two["ratio_to_default"],
-                    "goal": goal,
-                }
-            )
-    for t in out:
-        t["met"] = bool(t["value"] >= t["goal"])
+    out = []
+    for name, goal, a, b in (
+        ("zcopy shuffle 0 workers: fraction of the 1-thread gather limit", 0.9, "zcopy:0", "limit:gather_1t"),
+        ("zcopy shuffle 0 workers: x default path", 4.0, "zcopy:0", "default:0"),
+        ("plain shuffle 0 workers: x default path", 4.0, "plain:0", "default:0"),
+        ("plain shuffle 0 workers: fraction of zcopy (within 10%)", 0.9, "plain:0", "zcopy:0"),
+    ):
+        ratios = _round_ratios(groups, "shuffle", a, b)
+        if ratios:
+            out.append(_target(name, goal, ratios, (a, b)))
+    for order, goal in _GOALS_2W.items():
+        ratios = _round_ratios(groups, order, "zcopy:2", "default:2")
+        if ratios:
+            name = f"zcopy {order} 2 workers: x default path with 2 workers"
+            out.append(_target(name, goal, ratios, ("zcopy:2", "default:2")))
     return out

@@ -54,7 +54,20 @@ MACHINE_KEYS: dict[str, Any] = {
     "python": str,
     "libraries": dict,
 }
-TARGET_KEYS: dict[str, Any] = {"name": str, "value": _NUM, "goal": _NUM, "met": bool}
+TARGET_KEYS: dict[str, Any] = {
+    "name": str,
+    "sides": str,
+    "value": _NUM,
+    "goal": _NUM,
+    "ratios": list,
+    "rounds": int,
+    "interval": list,
+    "confidence": _NUM,
+    "range": list,
+    "met": (bool, type(None)),
+    "verdict": str,
+}
+_VERDICT_OF = {True: "met", False: "NOT met", None: "inconclusive"}
 
 
 def _check(obj: Any, keys: dict[str, Any], where: str) -> None:
@@ -93,5 +106,9 @@ def validate_result(result: Any) -> None:
         _check(pair, PAIRED_KEYS, f"result.paired[{i}]")
     for i, t in enumerate(result["targets"]):
         _check(t, TARGET_KEYS, f"result.targets[{i}]")
+        if t["verdict"] != _VERDICT_OF[t["met"]]:
+            raise ValueError(f"result.targets[{i}]: verdict {t['verdict']!r} but met={t['met']!r}")
+        if t["rounds"] != len(t["ratios"]) or t["rounds"] < 1:
+            raise ValueError(f"result.targets[{i}]: rounds={t['rounds']} but {len(t['ratios'])} ratios")
     for i, s in enumerate(result["skipped"]):
         _check(s, {"contender": str, "reason": str}, f"result.skipped[{i}]")
