@@ -182,6 +182,11 @@ def _inspect_parquet(path: str, cache_dir: str | None) -> SourceReport:
 
 
 # -- image folders -----------------------------------------------------------------------------
+def _followable(why: str) -> bool:
+    """An exclusion ``follow_symlinks=True`` undoes: a link out of the root or into another class."""
+    return why.startswith("symbolic link") and "the root or one of its ancestors" not in why
+
+
 def _inspect_images(path: str) -> SourceReport:
     from PIL import Image
 
@@ -199,7 +204,10 @@ def _inspect_images(path: str) -> SourceReport:
     sample = ", ".join(f"{k} x{v}" for k, v in seen.items())
     notes = [f"{len(scan.classes)} classes: {scan.classes[:10]}{' ...' if len(scan.classes) > 10 else ''}"]
     notes.append(f"first {min(32, len(scan.files))} files: {sample}")
-    notes += [f"left out {p}: {why} (follow_symlinks=True follows it)" for p, why in scan.excluded]
+    notes += [
+        f"left out {p}: {why}" + (" (follow_symlinks=True follows it)" if _followable(why) else "")
+        for p, why in scan.excluded
+    ]
     why = "compressed pixels: Pillow decodes and resizes, then one copy into the batch slot"
     fields = [
         FieldReport("image", "uint8", "(3, H, W) at size=(H, W)", False, why),

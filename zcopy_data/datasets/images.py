@@ -8,11 +8,12 @@ and each image is decoded, resized and copied once into its slot, with no per-sa
 
 from __future__ import annotations
 
+import enum
 import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from PIL import Image
 
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
-from zcopy_data.datasets._image_decode import decode_into
-from zcopy_data.datasets._image_files import IMG_EXTENSIONS, scan_folder
+from zcopy_data.datasets._image_decode import check_max_pixels, decode_into
+from zcopy_data.datasets._image_files import IMG_EXTENSIONS, not_regular, scan_folder
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, SampleIndexError, SchemaError, SkippedFileWarning
 from zcopy_data.ledger import COLLATE, DECODE, record
@@ -32,6 +33,17 @@ from zcopy_data.schema import Field, Schema
 __all__ = ["ImageFolderDataset"]
 
 _ON_ERROR = ("raise", "skip")
+
+
+class _Default(enum.Enum):
+    PILLOW = "PIL.Image.MAX_IMAGE_PIXELS"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+_PILLOW_LIMIT: Literal[_Default.PILLOW] = _Default.PILLOW
+"""``max_pixels``'s default: ``PIL.Image.MAX_IMAGE_PIXELS`` as it is when the dataset is built."""
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -51,11 +63,21 @@ class ImageFolderDataset(ZeroCopyDataset):
         on_error: ``"raise"`` (default) stops at the first unreadable file with an error naming it;
             ``"skip"`` leaves it out of its batch (the batch is shorter) and reports it with a
             :class:`SkippedFileWarning`, a ledger row and in ``.skipped``.
-        follow_symlinks: follow links that lead outside ``root`` (default: left out, listed in ``.excluded``).
+        follow_symlinks: follow links that lead outside ``root`` or into another class's folder (whose
+            images would then be served again under this class's label); default: left out, listed
+            in ``.excluded``. A link to ``root`` or above it is always left out.
         extensions: file suffixes to load (case-insensitive).
         resample: the Pillow resampling filter (default bilinear, as torchvision's ``Resize``).
         threads: decode a batch on this many threads (Pillow releases the GIL while decoding).
         allow_empty: accept class folders without images.
+        max_pixels: refuse an image whose header declares more pixels than this, before decoding it
+            (a :class:`CorruptFileError` naming it, so ``on_error="skip"`` skips it); default
+            ``PIL.Image.MAX_IMAGE_PIXELS`` at construction (89,478,485 unless changed), ``None``
+            for no limit. Pillow's own warning is silenced, but Pillow still refuses an image
+            above 2 x ``Image.MAX_IMAGE_PIXELS`` whatever this says.
+
+    Only regular files are read: a FIFO, socket or device under ``root`` is left out and listed in
+    ``.excluded`` (reading one can block forever), and one found at decode time is refused.
 
     >>> import tempfile, os
     >>> from PIL import Image
@@ -80,13 +102,14 @@ class ImageFolderDataset(ZeroCopyDataset):
         resample: Any = Image.Resampling.BILINEAR,
         threads: int = 1,
         allow_empty: bool = False,
+        max_pixels: int | Literal[_Default.PILLOW] | None = _PILLOW_LIMIT,
     ) -> None:
         self.root: str | None = os.fspath(root)
         scan = scan_folder(
             self.root, extensions=tuple(extensions), follow_symlinks=follow_symlinks, allow_empty=allow_empty
         )
         self.excluded = scan.excluded
-        self._setup(scan.files, scan.labels, scan.classes, size, channels_last, on_error, resample, threads)
+        self._setup(scan.files, scan.labels, scan.classes, size, channels_last, on_error, resample, threads, max_pixels)
 
     @classmethod
     def from_files(
@@ -100,18 +123,36 @@ class ImageFolderDataset(ZeroCopyDataset):
         on_error: str = "raise",
         resample: Any = Image.Resampling.BILINEAR,
         threads: int = 1,
+        max_pixels: int | Literal[_Default.PILLOW] | None = _PILLOW_LIMIT,
     ) -> ImageFolderDataset:
-        """A dataset over explicit files and integer labels (``classes`` optional, indexed by label)."""
+        """A dataset over explicit files and integer labels (``classes`` optional, indexed by label).
+
+        Every file must exist and be a regular file (a FIFO or device is refused: reading it can block forever).
+        """
         paths = [os.fspath(f) for f in files]
         if len(paths) != len(labels):
             raise SchemaError(f"{len(paths)} files but {len(labels)} labels; give one label per file")
-        missing = [p for p in paths if not os.path.isfile(p)]
+        missing, irregular = [], []
+        for p in paths:
+            try:
+                kind = not_regular(os.stat(p).st_mode)
+            except OSError:
+                missing.append(p)
+                continue
+            if kind is not None:
+                irregular.append((p, kind))
         if missing:
             raise FileNotFoundError(f"{len(missing)} of the files do not exist, first {missing[0]!r}")
+        if irregular:
+            (first, kind), n = irregular[0], len(irregular)
+            raise CorruptFileError(
+                f"{first!r} is not a regular file ({kind}); only regular files are read"
+                + (f" ({n} of the files are not, this is the first)" if n > 1 else "")
+            )
         self = cls.__new__(cls)
         self.root, self.excluded = None, []
         self._setup(paths, labels, None if classes is None else list(classes), size, channels_last, on_error,
-                    resample, threads)  # fmt: skip
+                    resample, threads, max_pixels)  # fmt: skip
         return self
 
     def _setup(
@@ -124,9 +165,14 @@ class ImageFolderDataset(ZeroCopyDataset):
         on_error: str,
         resample: Any,
         threads: int,
+        max_pixels: int | Literal[_Default.PILLOW] | None,
     ) -> None:
         if on_error not in _ON_ERROR:
             raise ValueError(f"{on_error=} should be one of {_ON_ERROR}")
+        if max_pixels is _PILLOW_LIMIT:
+            pillow = Image.MAX_IMAGE_PIXELS
+            max_pixels = None if pillow is None else int(pillow)
+        self.max_pixels = check_max_pixels(max_pixels)
         if threads < 1:
             raise ValueError(f"{threads=} should be >= 1")
         try:
@@ -172,7 +218,9 @@ class ImageFolderDataset(ZeroCopyDataset):
         return {"image": image, "label": torch.tensor(self._labels[i])}
 
     def _decode(self, path: str, slot: np.ndarray[Any, Any]) -> int:
-        return decode_into(path, slot, self.size, channels_last=self.channels_last, resample=self.resample)
+        return decode_into(
+            path, slot, self.size, channels_last=self.channels_last, resample=self.resample, max_pixels=self.max_pixels
+        )
 
     def _decode_at(self, args: tuple[int, str, np.ndarray[Any, Any]]) -> tuple[int, int | CorruptFileError]:
         pos, path, slot = args
