@@ -124,6 +124,22 @@ def test_explain_leaves_every_rng_as_it_found_it(workers: int) -> None:
     assert run(with_explain=True) == run(with_explain=False)  # the same training order, the same draws after
 
 
+def test_explain_does_not_use_up_a_block_shuffled_epoch() -> None:
+    from zcopy_data.samplers import BlockShuffleSampler
+
+    ds = NumpyDataset({"x": np.arange(400, dtype=np.int64)})
+
+    def epochs(with_explain: bool) -> list[list[int]]:
+        loader = ZeroCopyDataLoader(ds, batch_sampler=BlockShuffleSampler(400, 50, seed=1))
+        out = [torch.cat([b["x"] for b in loader]).tolist()]
+        if with_explain:
+            assert explain(loader, batches=3).batches == 3
+        out.append(torch.cat([b["x"] for b in loader]).tolist())
+        return out
+
+    assert epochs(with_explain=True) == epochs(with_explain=False)  # epochs 0 then 1, explain or not
+
+
 class _PerSample(ZeroCopyDataset):
     """A per-sample dataset that records what type of index it is given."""
 

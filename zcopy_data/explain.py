@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Iterable, Iterator
@@ -52,9 +53,16 @@ def _rng_untouched(loader: DataLoader[Any]) -> Iterator[None]:
     gens = _generators(loader)
     states = [g.get_state() for g in gens]
     torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    # the samplers' epochs too: a probe's batches mark an epoch as used, which moves the next one on
+    inner = getattr(loader.batch_sampler, "sampler", None)
+    samplers: dict[int, Any] = {id(s): s for s in (loader.sampler, loader.batch_sampler, inner)}
+    epochs = [(s, s.epoch) for s in samplers.values() if isinstance(getattr(s, "epoch", None), int)]
     try:
         yield
     finally:
+        for s, epoch in epochs:
+            with contextlib.suppress(AttributeError, TypeError):
+                s.epoch = epoch
         for g, st in zip(gens, states, strict=True):
             g.set_state(st)
         torch.set_rng_state(torch_state)
