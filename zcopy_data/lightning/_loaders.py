@@ -17,7 +17,7 @@ batches are already on the accelerator, copied ``N`` batches ahead while the mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -91,6 +91,20 @@ class ShardedLoader:
 
     def __repr__(self) -> str:
         return f"ShardedLoader({self.sampler!r}, num_workers={self.loader.num_workers})"
+
+
+def dataloaders_in(obj: Any) -> list[DataLoader[Any]]:
+    """The data loaders in what a trainer trains on: a ``DataLoader``, a ``ShardedLoader``'s, or
+    those of a mapping or sequence of them (Lightning's combined loaders)."""
+    if isinstance(obj, DataLoader):
+        return [obj]
+    if isinstance(obj, ShardedLoader):
+        return [obj.loader]
+    if isinstance(obj, Mapping):
+        return [x for v in obj.values() for x in dataloaders_in(v)]
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [x for v in obj for x in dataloaders_in(v)]
+    return []
 
 
 class DevicePrefetchingLoader(ZeroCopyDataLoader):

@@ -7,9 +7,9 @@ more), so a loader's own count at a checkpoint is past the position. The loop's
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from zcopy_data.lightning._loaders import dataloaders_in
 from zcopy_data.loader import ZeroCopyDataLoader
 
 if TYPE_CHECKING:  # the mixin is importable without Lightning
@@ -28,19 +28,6 @@ def consumed_train_batches(trainer: pl.Trainer) -> int | None:
 
 def attach_progress(trainer: pl.Trainer) -> None:
     """Make every :class:`~zcopy_data.ZeroCopyDataLoader` the trainer trains on count by the loop."""
-    for loader in _loaders(trainer.train_dataloader):
-        if loader.consumed_batches is None:
+    for loader in dataloaders_in(trainer.train_dataloader):
+        if isinstance(loader, ZeroCopyDataLoader) and loader.consumed_batches is None:
             loader.consumed_batches = lambda: consumed_train_batches(trainer)
-
-
-def _loaders(obj: Any) -> list[ZeroCopyDataLoader]:
-    if isinstance(obj, ZeroCopyDataLoader):
-        return [obj]
-    inner = getattr(obj, "loader", None)  # a ShardedLoader
-    if isinstance(inner, ZeroCopyDataLoader):
-        return [inner]
-    if isinstance(obj, Mapping):
-        return [x for v in obj.values() for x in _loaders(v)]
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [x for v in obj for x in _loaders(v)]
-    return []

@@ -9,7 +9,6 @@ processing) and refuses samplers known to ignore the rank; a sampler of unknown 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import (
@@ -21,25 +20,13 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from zcopy_data.lightning._loaders import dataloaders_in
 from zcopy_data.samplers import BlockShuffleSampler
 
 if TYPE_CHECKING:  # importable without Lightning
     import lightning.pytorch as pl
 
 __all__ = ["check_train_sharding"]
-
-
-def _loaders(obj: Any) -> list[DataLoader[Any]]:
-    if isinstance(obj, DataLoader):
-        return [obj]
-    inner = getattr(obj, "loader", None)  # a ShardedLoader
-    if isinstance(inner, DataLoader):
-        return [inner]
-    if isinstance(obj, Mapping):
-        return [x for v in obj.values() for x in _loaders(v)]
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [x for v in obj for x in _loaders(v)]
-    return []
 
 
 def _unsharded(loader: DataLoader[Any], world_size: int) -> str | None:
@@ -66,7 +53,7 @@ def check_train_sharding(trainer: pl.Trainer) -> None:
     world_size = int(trainer.world_size)
     if world_size <= 1:
         return
-    for loader in _loaders(trainer.train_dataloader):
+    for loader in dataloaders_in(trainer.train_dataloader):
         why = _unsharded(loader, world_size)
         if why is not None:
             raise ValueError(
