@@ -121,7 +121,7 @@ def test_image_folder(tmp_path):
 def test_bad_paths_get_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         inspect_path(tmp_path / "missing")
-    unknown = tmp_path / "data.bin"
+    unknown = tmp_path / "data.dat"
     unknown.write_bytes(b"hello world")
     with pytest.raises(CorruptFileError, match=r"unknown format .*reads \.npy, Arrow IPC"):
         inspect_path(unknown)

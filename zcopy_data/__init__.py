@@ -12,7 +12,7 @@
 from typing import TYPE_CHECKING
 
 from zcopy_data.collate import zero_copy_collate
-from zcopy_data.datasets import NumpyDataset, ZeroCopyDataset
+from zcopy_data.datasets import NumpyDataset, TokenDataset, ZeroCopyDataset
 from zcopy_data.errors import (
     CopyRequiredError,
     CorruptFileError,
@@ -31,13 +31,14 @@ from zcopy_data.errors import (
 from zcopy_data.explain import explain
 from zcopy_data.ledger import LEDGER, CopyLedger
 from zcopy_data.loader import ZeroCopyDataLoader
-from zcopy_data.samplers import BlockShuffleSampler
+from zcopy_data.samplers import BlockShuffleSampler, LazyShuffleSampler
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
 from zcopy_data.transfer import Cast, DeviceCast, DevicePrefetcher, PinnedBufferPool, to_device, validate_cast
 
 if TYPE_CHECKING:
     from zcopy_data.datasets import ArrowDataset, ImageFolderDataset
+    from zcopy_data.writer import WriteReport, write
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "Field",
     "FileChangedError",
     "ImageFolderDataset",
+    "LazyShuffleSampler",
     "NumpyDataset",
     "PinnedBufferPool",
     "PoolExhaustedError",
@@ -65,7 +67,9 @@ __all__ = [
     "ShapeMismatchError",
     "SharedMemoryExhaustedError",
     "SkippedFileWarning",
+    "TokenDataset",
     "UnsupportedColumnError",
+    "WriteReport",
     "ZeroCopyDataLoader",
     "ZeroCopyDataset",
     "ZeroCopyError",
@@ -74,6 +78,7 @@ __all__ = [
     "strict_asarray",
     "to_device",
     "validate_cast",
+    "write",
     "zero_copy_collate",
 ]
 
@@ -84,4 +89,8 @@ def __getattr__(name: str) -> object:
         import zcopy_data.datasets as datasets
 
         return getattr(datasets, name)
+    if name in ("WriteReport", "write"):  # the writer needs pyarrow too
+        import zcopy_data.writer as writer
+
+        return getattr(writer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
-from zcopy_data.samplers import BlockShuffleSampler
+from zcopy_data.samplers import BlockShuffleSampler, LazyShuffleSampler
 
 __all__ = ["index_batches", "known_order"]
 
@@ -30,9 +30,12 @@ Indices = np.ndarray[Any, np.dtype[np.int64]]
 
 
 def known_order(batch_sampler: Any) -> str | None:
-    """``"sequential"``, ``"random"``, ``"distributed"`` or ``"block"`` when the batches are computed here."""
+    """``"sequential"``, ``"random"``, ``"distributed"``, ``"block"`` or ``"lazy"`` when the batches
+    are computed here."""
     if type(batch_sampler) is BlockShuffleSampler:
         return "block"
+    if type(batch_sampler) is LazyShuffleSampler:
+        return "lazy"
     if type(batch_sampler) is BatchSampler:
         sampler: Any = batch_sampler.sampler
         if type(sampler) is SequentialSampler:
@@ -59,6 +62,8 @@ def index_batches(batch_sampler: Iterable[Any], skip: int = 0) -> Iterator[Any]:
     kind = known_order(batch_sampler)
     if kind == "block":
         return _blocks(batch_sampler, skip)  # type: ignore[arg-type]
+    if kind == "lazy":
+        return batch_sampler.batches(skip)  # type: ignore[attr-defined,no-any-return]
     if kind is not None:
         bs: BatchSampler = batch_sampler  # type: ignore[assignment]
         size, drop_last = bs.batch_size, bs.drop_last

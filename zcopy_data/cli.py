@@ -1,4 +1,4 @@
-"""``zcopy-data``: ``demo``, ``bench``, ``explain`` and ``inspect`` from the command line."""
+"""``zcopy-data``: ``demo``, ``bench``, ``explain``, ``inspect`` and ``convert`` from the command line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from zcopy_data.inspect import add_inspect_parser
+from zcopy_data.writer._convert import add_convert_parser
 
 __all__ = ["main"]
 
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=_cmd_explain)
 
     add_inspect_parser(sub)
+    add_convert_parser(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from zcopy_data._dtypes import dtype_name
+from zcopy_data._mapping import identity_of
 from zcopy_data.errors import ZeroCopyError
 
 __all__ = ["FieldReport", "SourceReport", "add_inspect_parser", "format_report", "inspect_path"]
@@ -187,39 +188,102 @@ def _followable(why: str) -> bool:
     return why.startswith("symbolic link") and "the root or one of its ancestors" not in why
 
 
+def _image_mode_note(mode: str, alpha: bool, files: int) -> str:
+    """What the default declared format (``mode='RGB'``, ``alpha='refuse'``) does with files of one mode."""
+    from zcopy_data.datasets._image_modes import PixelFormat
+
+    try:
+        conversion = PixelFormat().conversion(mode, "unknown" if alpha else "none")
+    except ZeroCopyError as err:
+        opaque = " unless every pixel is opaque" if alpha and "transparency" in str(err) else ""
+        return f"mode {mode} (x{files}): refused with the default mode='RGB'{opaque}: {err}"
+    return f"mode {mode} (x{files}): " + ("RGB as is" if conversion == "none" else f"to RGB: {conversion}")
+
+
+def _jpeg_decoder() -> str:
+    from zcopy_data.datasets._jpeg_simple import HAS_SIMPLEJPEG, INSTALL_HINT, matches_pillow
+
+    if matches_pillow():
+        return "simplejpeg (decodes exactly Pillow's pixels here)"
+    if HAS_SIMPLEJPEG:
+        return "Pillow (simplejpeg is installed but does not match Pillow's pixels here)"
+    return f"Pillow (faster: {INSTALL_HINT})"
+
+
 def _inspect_images(path: str) -> SourceReport:
     from PIL import Image
 
     from zcopy_data.datasets._image_files import scan_folder
+    from zcopy_data.datasets._image_modes import carries_alpha, source_mode
 
     scan = scan_folder(path, allow_empty=True)
     seen: dict[str, int] = {}
+    modes: dict[tuple[str, bool], int] = {}  # (the file's real mode, may carry transparency) -> files
     for f in scan.files[:32]:
         try:
             with Image.open(f) as im:
                 key = f"{im.format} {im.mode} {im.width}x{im.height}"
+                mode = source_mode(im)
+                modes[mode, carries_alpha(im, mode)] = modes.get((mode, carries_alpha(im, mode)), 0) + 1
         except (OSError, ValueError, SyntaxError) as err:
             key = f"unreadable ({type(err).__name__}: {err})"
         seen[key] = seen.get(key, 0) + 1
     sample = ", ".join(f"{k} x{v}" for k, v in seen.items())
     notes = [f"{len(scan.classes)} classes: {scan.classes[:10]}{' ...' if len(scan.classes) > 10 else ''}"]
     notes.append(f"first {min(32, len(scan.files))} files: {sample}")
+    notes += [_image_mode_note(mode, alpha, n) for (mode, alpha), n in modes.items()]
+    notes.append(
+        "decode='exact' (default): Pillow's open + convert + resize, bit for bit; decode='fast': JPEGs decoded "
+        f"at 1/2..1/8 scale first (draft mode); JPEG decoder with decoder='auto': {_jpeg_decoder()}"
+    )
     notes += [
         f"left out {p}: {why}" + (" (follow_symlinks=True follows it)" if _followable(why) else "")
         for p, why in scan.excluded
     ]
-    why = "compressed pixels: Pillow decodes and resizes, then one copy into the batch slot"
+    why = "compressed pixels: decoded, converted to the declared mode and resized, then one copy into the batch slot"
     fields = [
-        FieldReport("image", "uint8", "(3, H, W) at size=(H, W)", False, why),
+        FieldReport("image", "uint8", "(3, H, W) at size=(H, W), mode='RGB' (uint16 with mode='I;16')", False, why),
         FieldReport("label", "int64", "()", True, "in memory: contiguous batches are views, others one gather"),
     ]
     return SourceReport(path, "image folder (root/<class>/<file>)", len(scan.files), fields, notes)
+
+
+# -- token files -------------------------------------------------------------------------------
+def _inspect_tokens(path: str) -> SourceReport | None:
+    """A Megatron-LM pair (tokens, dtype, documents, a length histogram) or a raw ``.bin``; else None."""
+    from zcopy_data.datasets._megatron import megatron_paths, read_megatron_index
+
+    pair = megatron_paths(path)
+    if pair is not None:
+        bin_path, idx_path = pair
+        if not os.path.isfile(bin_path):
+            raise _corrupt(f"{idx_path!r} has no .bin beside it: expected {bin_path!r}")
+        index = read_megatron_index(idx_path, bin_path, identity_of(bin_path))
+        lengths = np.diff(index.doc_starts)
+        notes = [f"{index.tokens} {index.dtype.name} tokens in {lengths.size} documents ({index.sequences} sequences)"]
+        if lengths.size:
+            edges = np.quantile(lengths, [0, 0.5, 0.9, 0.99, 1]).astype(np.int64)
+            notes.append("document lengths: min / median / p90 / p99 / max = " + " / ".join(map(str, edges)))
+        why = "TokenDataset(prefix, seq_len): windows are views or one gather"
+        rep = FieldReport("tokens", index.dtype.name, "[N]", True, why)
+        return SourceReport(path, "Megatron-LM indexed dataset (.bin + .idx)", index.tokens, [rep], notes)
+    if path.endswith(".bin") and os.path.isfile(path):
+        size = os.path.getsize(path)
+        guesses = ", ".join(f"{size // k} as {n}" for n, k in (("uint16", 2), ("int32", 4)) if size % k == 0)
+        why = "a raw token file has no header: TokenDataset(path, seq_len, dtype=...)"
+        rep = FieldReport("tokens", "?", "[N]", True, why)
+        note = f"{size} bytes: {guesses or 'not a multiple of 2 bytes'} tokens (nanoGPT's prepare.py writes uint16)"
+        return SourceReport(path, "raw token file (.bin, no header)", None, [rep], [note])
+    return None
 
 
 # -- entry points --------------------------------------------------------------------------------
 def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) -> SourceReport:
     """Describe the data source at ``path``; raises ``FileNotFoundError`` or a ``ZeroCopyError`` subclass."""
     path = os.fspath(path)
+    tokens = _inspect_tokens(path) if not os.path.isdir(path) else None
+    if tokens is not None:
+        return tokens
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or directory: {path!r}")
     if os.path.isdir(path):
@@ -244,7 +308,7 @@ def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) 
         raise _corrupt(f"{path!r}: the file is empty")
     raise _corrupt(
         f"{path!r}: unknown format (first bytes {head[:8]!r}); inspect reads .npy, Arrow IPC / Feather v2, "
-        "Parquet and image folders (root/<class>/<file>)"
+        "Parquet, token files (.bin, Megatron-LM .bin/.idx) and image folders (root/<class>/<file>)"
     )
 
 
@@ -270,7 +334,8 @@ def format_report(report: SourceReport) -> str:
     head = ("field", "dtype", "shape", "zero-copy", "why")
     rows = [(f.name, f.dtype, f.shape, "yes" if f.zero_copy else "no", f.why) for f in report.fields]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-    lines = [f"path:    {report.path}", f"format:  {report.format}", f"samples: {report.samples:,}", ""]
+    samples = "unknown" if report.samples is None else f"{report.samples:,}"
+    lines = [f"path:    {report.path}", f"format:  {report.format}", f"samples: {samples}", ""]
     for r in [head, (*("-" * w for w in widths), "---"), *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     lines += [f"note: {n}" for n in report.notes]

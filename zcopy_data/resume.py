@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from zcopy_data._index_batches import index_batches, known_order
 from zcopy_data.errors import ResumeStateError
-from zcopy_data.samplers import BlockShuffleSampler
+from zcopy_data.samplers import BlockShuffleSampler, LazyShuffleSampler
 
 __all__ = ["STATE_VERSION", "LoaderProgress", "describe_loader"]
 
@@ -56,8 +56,10 @@ def describe_loader(loader: DataLoader[Any]) -> dict[str, Any]:
         "drop_last": bool(getattr(bs, "drop_last", loader.drop_last)),
         "sampler": kind,
     }
-    if isinstance(bs, BlockShuffleSampler):
+    if isinstance(bs, (BlockShuffleSampler, LazyShuffleSampler)):
         out["batch_size"] = bs.batch_size
+    if isinstance(bs, LazyShuffleSampler):  # its order is its parameters: a resume skips by arithmetic
+        out.update(seed=bs.seed, shuffle=bs.shuffle, num_replicas=bs.num_replicas, rank=bs.rank)
     for attr in ("seed", "shuffle", "num_replicas", "rank", "replacement"):
         if inner is not None and not isinstance(inner, BlockShuffleSampler) and hasattr(inner, attr):
             out[attr] = getattr(inner, attr)

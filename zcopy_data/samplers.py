@@ -8,6 +8,7 @@ at the moved boundaries included.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -15,9 +16,10 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from zcopy_data._permutation import Permutation
 from zcopy_data.errors import ResumeStateError
 
-__all__ = ["BlockShuffleSampler"]
+__all__ = ["BlockShuffleSampler", "LazyShuffleSampler"]
 
 _Ints = np.ndarray[Any, np.dtype[np.int64]]
 
@@ -28,6 +30,24 @@ def _dist_default(value: int | None, what: str) -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() if what == "num_replicas" else dist.get_rank()
     return 1 if what == "num_replicas" else 0
+
+
+def _checked(
+    dataset_or_len: Sized | int, batch_size: int, num_replicas: int | None, rank: int | None
+) -> tuple[int, int, int]:
+    """A batch sampler's arguments, checked: ``(n, num_replicas, rank)``."""
+    n = dataset_or_len if isinstance(dataset_or_len, int) else len(dataset_or_len)
+    if isinstance(n, bool) or n < 0:
+        raise ValueError(f"dataset_or_len={dataset_or_len!r} should be a dataset or a length >= 0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{batch_size=} should be a positive integer")
+    replicas = _dist_default(num_replicas, "num_replicas")
+    this_rank = _dist_default(rank, "rank")
+    if replicas < 1:
+        raise ValueError(f"num_replicas={replicas} should be >= 1")
+    if not 0 <= this_rank < replicas:
+        raise ValueError(f"rank={this_rank} should be in [0, {replicas}) for num_replicas={replicas}")
+    return n, replicas, this_rank
 
 
 class BlockShuffleSampler(Sampler[list[int]]):
@@ -86,17 +106,7 @@ class BlockShuffleSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        n = dataset_or_len if isinstance(dataset_or_len, int) else len(dataset_or_len)
-        if isinstance(n, bool) or n < 0:
-            raise ValueError(f"dataset_or_len={dataset_or_len!r} should be a dataset or a length >= 0")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"{batch_size=} should be a positive integer")
-        replicas = _dist_default(num_replicas, "num_replicas")
-        this_rank = _dist_default(rank, "rank")
-        if replicas < 1:
-            raise ValueError(f"num_replicas={replicas} should be >= 1")
-        if not 0 <= this_rank < replicas:
-            raise ValueError(f"rank={this_rank} should be in [0, {replicas}) for num_replicas={replicas}")
+        n, replicas, this_rank = _checked(dataset_or_len, batch_size, num_replicas, rank)
         full, rest = divmod(n, batch_size)
         moves = shuffle and min(batch_size, n) > 1  # a phase p > 0 is possible
         if drop_last:
@@ -111,6 +121,15 @@ class BlockShuffleSampler(Sampler[list[int]]):
                     f"{n} samples cannot give each of num_replicas={replicas} ranks {per_rank} non-empty "
                     "batches with every sample exactly once; use drop_last=True, fewer ranks, or more samples"
                 )
+        overlap = getattr(dataset_or_len, "window_overlap", 0)
+        if isinstance(overlap, int) and overlap > 0 and batch_size > 1:
+            warnings.warn(
+                f"BlockShuffleSampler batches consecutive windows, and these share {overlap} of their "
+                f"{getattr(dataset_or_len, 'seq_len', '?')} input tokens each (stride < seq_len): a batch is "
+                "nearly one stretch of text. Use LazyShuffleSampler (windows from anywhere, one gather "
+                "per batch) or stride=seq_len (disjoint windows, batches stay views)",
+                stacklevel=2,
+            )
         self.n = n
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -290,3 +309,95 @@ def _split_to(starts: _Ints, lengths: _Ints, target: int) -> tuple[_Ints, _Ints]
 def _as_runs(starts: _Ints, lengths: _Ints) -> list[list[tuple[int, int]]]:
     """Batches as lists of ``(start, stop)`` runs (one run each)."""
     return [[(a, a + n)] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+
+
+class LazyShuffleSampler(Sampler[list[int]]):
+    """A batch sampler over a shuffled order computed by arithmetic: no index array, at any size.
+
+    ``RandomSampler`` builds ``torch.randperm(n)`` before the first batch: ``8 n`` bytes and a pass
+    over them (160 MB and up to a second for 20M token windows). Here each epoch's order is a
+    keyed pseudo-random permutation of ``range(n)`` (:mod:`zcopy_data._permutation`), drawn by
+    ``(seed, epoch)`` and computed a few thousand positions at a time: the first batch costs the
+    same for 1,000 samples as for 10**9, every sample appears once per epoch, and a resumed epoch
+    starts at any batch by arithmetic. Batches are int64 arrays, so a columnar dataset gathers
+    each in one vectorised copy.
+
+    Across ranks it splits the order as ``DistributedSampler`` does: the order is padded (by
+    repeating its start) to a multiple of ``num_replicas``, or cut to one with
+    ``drop_last=True``, and rank ``r`` takes positions ``r, r + R, ...``; its positions are then
+    batched, the last batch shorter unless ``drop_last``.
+
+    Args:
+        dataset_or_len: the dataset (anything with ``len``) or its length.
+        batch_size: samples per batch.
+        shuffle: False yields each rank's positions in order (no permutation).
+        seed: base seed; the order depends on ``(seed, epoch)`` only, the same on every rank.
+        drop_last: drop the samples that do not fill a batch (and those beyond a multiple of
+            ``num_replicas``).
+        num_replicas, rank: default from ``torch.distributed`` when it is initialised, else 1 and 0.
+
+    >>> s = LazyShuffleSampler(10, 4, seed=0)
+    >>> sorted(i for batch in s for i in batch)
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    >>> len(s), [len(b) for b in s]
+    (3, [4, 4, 2])
+    """
+
+    _CHUNK = 8192  # positions permuted per call: amortises NumPy's per-call cost over many batches
+
+    def __init__(
+        self,
+        dataset_or_len: Sized | int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        n, replicas, this_rank = _checked(dataset_or_len, batch_size, num_replicas, rank)
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.num_replicas = replicas
+        self.rank = this_rank
+        self.epoch = 0
+        per_rank = n // replicas if drop_last else -(-n // replicas)
+        self._positions = per_rank  # positions this rank takes per epoch
+        self._batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next ``iter()`` yields (call it before every epoch)."""
+        self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> LazyShuffleSampler:
+        """Itself: Lightning (and others) call ``loader.batch_sampler.sampler.set_epoch(epoch)``."""
+        return self
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (the same on every rank)."""
+        return self._batches
+
+    def batches(self, skip: int = 0) -> Iterator[_Ints]:
+        """This rank's batches of the current epoch from batch ``skip`` on, as int64 arrays."""
+        n, size = self.n, self.batch_size
+        if n == 0:
+            return
+        perm = Permutation(n, seed=self.seed, epoch=int(self.epoch)) if self.shuffle else None
+        stop = self._batches * size if self.drop_last else self._positions
+        per_chunk = max(1, self._CHUNK // size) * size
+        for lo in range(skip * size, stop, per_chunk):
+            hi = min(lo + per_chunk, stop)
+            positions = np.arange(lo, hi, dtype=np.int64) * self.num_replicas + self.rank
+            positions %= n  # the padding repeats the order's start, as DistributedSampler's does
+            values = perm[positions] if perm is not None else positions
+            for b in range(0, hi - lo, size):
+                yield values[b : b + size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches():
+            yield batch.tolist()

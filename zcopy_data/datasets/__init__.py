@@ -3,7 +3,9 @@
 from typing import TYPE_CHECKING
 
 from zcopy_data.datasets.base import BatchRequest, SampleBatch, ZeroCopyDataset
+from zcopy_data.datasets.concat import ConcatZeroCopyDataset, concat
 from zcopy_data.datasets.numpy import NumpyDataset
+from zcopy_data.datasets.tokens import TokenDataset
 from zcopy_data.errors import CorruptFileError, SkippedFileWarning, UnsupportedColumnError
 
 if TYPE_CHECKING:
@@ -13,13 +15,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ArrowDataset",
     "BatchRequest",
+    "ConcatZeroCopyDataset",
     "CorruptFileError",
     "ImageFolderDataset",
     "NumpyDataset",
     "SampleBatch",
     "SkippedFileWarning",
+    "TokenDataset",
     "UnsupportedColumnError",
     "ZeroCopyDataset",
+    "concat",
 ]
 
 

@@ -9,6 +9,8 @@ lists all have one length (checked once, from the offsets). Anything else gets a
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,20 @@ from zcopy_data.errors import CorruptFileError, UnsupportedColumnError
 __all__ = ["ColumnSpec", "check_names", "chunk_view", "column_spec", "unsupported_reason"]
 
 _SKIP_FIX = "or leave the column out with columns=[...]"
+_POLARS_FIX = "from polars, df.write_ipc(path, compat_level=pl.CompatLevel.oldest())"
+# Hugging Face ``datasets`` Array2D ... Array5D: a nested list whose shape is in the type's metadata
+_HF_ARRAY = re.compile(r"(^|\.)Array[2-5]DExtensionType$")
+
+
+def hf_array_shape(typ: pa.DataType) -> tuple[int | None, ...] | None:
+    """The fixed shape of a Hugging Face ``ArrayND`` extension column (``None`` dims stay variable)."""
+    if not isinstance(typ, pa.ExtensionType) or not _HF_ARRAY.search(typ.extension_name):
+        return None
+    try:
+        shape = json.loads(typ.__arrow_ext_serialize__())[0]
+        return tuple(None if d is None else int(d) for d in shape)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
                 "write it without a permutation (np.ascontiguousarray of the logical tensor)",
             )
         return unsupported_reason(typ.storage_type)
+    if hf_array_shape(typ) is not None:
+        return unsupported_reason(typ.storage_type)
     if isinstance(typ, pa.BaseExtensionType):
         return (f"extension type {typ.extension_name!r} is not known", "store its storage type instead")
     t = pa.types
@@ -80,8 +98,17 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
             f"encode them as integer ids, pass strings='list' (strings only) for Python lists, copied and counted, "
             f"{_SKIP_FIX}",
         )
-    if any(_is(kind, typ) for kind in ("string_view", "binary_view", "list_view", "large_list_view")):
-        return "view types are variable-length", f"encode them as integer ids {_SKIP_FIX}"
+    if _is("string_view", typ):
+        return (
+            "string_view (polars' default for strings) is variable-length",
+            f"pass strings='list' for Python lists of str (copied, counted), encode them as integer ids, "
+            f"{_SKIP_FIX}",
+        )
+    if any(_is(kind, typ) for kind in ("binary_view", "list_view", "large_list_view")):
+        return (
+            "view types are variable-length",
+            f"encode them as integer ids, write plain lists ({_POLARS_FIX}), {_SKIP_FIX}",
+        )
     if t.is_dictionary(typ):
         return (
             "dictionary-encoded values are indices into a separate dictionary",
@@ -114,6 +141,10 @@ def column_spec(name: str, typ: pa.DataType) -> ColumnSpec:
     dims: list[int | None] = []
     if isinstance(typ, pa.FixedShapeTensorType):
         return ColumnSpec(name, np.dtype(typ.value_type.to_pandas_dtype()), tuple(typ.shape))
+    hf = hf_array_shape(typ)
+    if hf is not None:
+        inner = column_spec(name, typ.storage_type)
+        return ColumnSpec(name, inner.dtype, hf if len(hf) == len(inner.dims) else inner.dims)
     while not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         dims.append(typ.list_size if pa.types.is_fixed_size_list(typ) else None)
         typ = typ.value_type
@@ -178,6 +209,13 @@ def chunk_view(
         start, count, arr = start * k + child.offset, count * k, child
     dtype = spec.dtype
     if len(spec.dims) == len(shape):
+        for level, (d, g) in enumerate(zip(spec.dims, shape, strict=True)):
+            if d is not None and g != d and rows:
+                raise UnsupportedColumnError(
+                    f"field {name!r}: record batch {batch} (rows from {row0}) has {g} values at level {level}, "
+                    f"its type declares {d} (shape {spec.dims}); fix: write the column again with that shape",
+                    field=name,
+                )
         final = tuple(g if d is None else d for d, g in zip(spec.dims, shape, strict=True))
     else:  # a fixed_shape_tensor: one flat list of prod(shape) values per sample
         final = tuple(d or 0 for d in spec.dims)
@@ -211,7 +249,8 @@ def _outside_mapping(name: str, batch: int) -> UnsupportedColumnError:
         f"field {name!r}: record batch {batch} is not stored as plain bytes in the file (the IPC file is compressed, "
         "e.g. with Feather's default lz4), so reading it means decoding it; fix: write it "
         "uncompressed (pyarrow.feather.write_feather(table, path, compression='uncompressed') or "
-        "pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression=None))), or decode it once into "
+        "pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression=None)); from polars, "
+        "df.write_ipc(path, compression='uncompressed')), or decode it once into "
         "a cache with ArrowDataset.from_compressed(path)",
         field=name,
     )

@@ -21,7 +21,9 @@ STRINGS = ("error", "list")
 
 
 def is_string_type(typ: pa.DataType) -> bool:
-    return bool(pa.types.is_string(typ) or pa.types.is_large_string(typ))
+    """``string``, ``large_string`` and ``string_view`` (polars' default): all served by ``strings="list"``."""
+    view = getattr(pa.types, "is_string_view", None)
+    return bool(pa.types.is_string(typ) or pa.types.is_large_string(typ) or (view is not None and view(typ)))
 
 
 class StringColumn:
@@ -45,6 +47,12 @@ class StringColumn:
         return str(self.column[i].as_py())
 
     def take(self, indices: np.ndarray[Any, Any], stage: str, origin: str) -> list[str]:
+        if not (pa.types.is_string(self.column.type) or pa.types.is_large_string(self.column.type)):
+            # string_view has no take kernel: each str is made from its view (what a list of str costs anyway)
+            out = [str(self.column[i].as_py()) for i in indices.tolist()]
+            copied = sum(len(v.encode()) for v in out)
+            record(stage, self.name, f"copy: strings become Python str (strings='list', {origin})", copied=copied)
+            return out
         picked = self.column.take(pa.array(indices, type=pa.int64()))
         record(stage, self.name, f"copy: strings become Python str (strings='list', {origin})", copied=picked.nbytes)
         return picked.to_pylist()  # type: ignore[no-any-return]

@@ -1,10 +1,13 @@
-"""Decode one image with Pillow and write its pixels into a batch slot: the one copy physics leaves.
+"""Decode one image and write its pixels into a batch slot: the one copy physics leaves.
 
-JPEGs larger than the target are decoded at a reduced scale (draft mode: the decoder skips the
-detail the resize would throw away), every mode becomes RGB, the image is resized to the fixed
-size, and the pixels are copied once into the caller's slot of the batch buffer. For channels-first
-slots the pixels are read through Pillow's Arrow export, a view of Pillow's own memory, so the
-copy into the slot is the only one; channels-last slots take Pillow's packed RGB bytes.
+What a sample is, is declared (:class:`DecodeSpec`): the Pillow ``mode`` every file is converted to
+(or refused, :mod:`._image_modes`), the size, the resize filter, and ``decode``: ``"exact"`` gives
+Pillow's own ``Image.open(p).convert(mode).resize((W, H), resample)`` bit for bit; ``"fast"``
+lets a JPEG decoder scale down in the DCT domain first (Pillow's draft mode). JPEGs go through
+``simplejpeg`` when it is the chosen decoder (:mod:`._jpeg_simple`), everything else through
+Pillow. The pixels are copied once into the caller's slot of the batch buffer: through Pillow's
+Arrow export (a view of Pillow's own memory) where it can, or decoded straight into the slot
+when nothing is left to resize or convert.
 
 Only regular files are read (a FIFO put where an image was would block its reader forever), and an
 image whose header declares more pixels than ``max_pixels`` is refused before anything is decoded.
@@ -14,23 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image
 
+from zcopy_data.datasets import _jpeg_simple
 from zcopy_data.datasets._image_files import not_regular
-from zcopy_data.errors import CorruptFileError
+from zcopy_data.datasets._image_modes import PixelFormat, is_high_depth, source_mode
+from zcopy_data.errors import CorruptFileError, SchemaError
 
-__all__ = ["HAS_ARROW", "check_max_pixels", "decode_into", "open_rgb"]
+__all__ = ["DECODE_MODES", "HAS_ARROW", "DecodeSpec", "check_max_pixels", "decode_into", "resample_filter"]
 
 # Pillow >= 11.2 exports its pixel memory through the Arrow C data interface.
 HAS_ARROW = importlib.util.find_spec("pyarrow") is not None and hasattr(Image.Image, "__arrow_c_array__")
-
+DECODE_MODES = ("exact", "fast")
 
 _quiet_lock = threading.Lock()
 _quiet_users = 0
@@ -50,6 +57,8 @@ def _no_bomb_warning() -> Iterator[None]:
             _quiet = warnings.catch_warnings()
             _quiet.__enter__()
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # alpha="drop" declared it: Pillow's hint to convert such palettes to RGBA says nothing new
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
         _quiet_users += 1
     try:
         yield
@@ -94,69 +103,179 @@ def check_max_pixels(max_pixels: Any) -> int | None:
     raise ValueError(f"max_pixels={max_pixels!r} should be an integer > 0, or None for no limit")
 
 
-def open_rgb(path: str, size: tuple[int, int], resample: Any, max_pixels: int | None = None) -> Image.Image:
-    """``path`` decoded, as RGB, resized to ``size`` = (H, W); :class:`CorruptFileError` names a bad file.
+_FILTERS = {r.name.lower(): r for r in Image.Resampling}
 
-    An image declaring more than ``max_pixels`` pixels is refused from its header, before decoding.
-    """
-    h, w = size
-    try:
-        with _no_bomb_warning(), _open_regular(path) as f, Image.open(f) as im:
-            width, height = im.size  # from the header: Image.open decodes nothing yet
-            if max_pixels is not None and width * height > max_pixels:
-                raise CorruptFileError(
-                    f"{path!r}: the image is {width} x {height} = {width * height:,} pixels, above "
-                    f"max_pixels={max_pixels:,}; fix: downscale the file, or pass a higher max_pixels= "
-                    "(None: no limit), or on_error='skip' to leave such files out (each one is reported)"
-                )
-            if im.format == "JPEG":
-                im.draft("RGB", (w, h))  # decode at the smallest 1/8..1 scale still >= the target
-            rgb = im.convert("RGB") if im.mode != "RGB" else im
-            rgb.load()
-            if rgb.size != (w, h):
-                rgb = rgb.resize((w, h), resample)
-            return rgb  # loaded: usable after the file is closed
-    except CorruptFileError:
-        raise
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path!r}: the image file no longer exists") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
+
+def resample_filter(resample: Any) -> Image.Resampling:
+    """A Pillow filter from its name (``"bilinear"``) or its ``Image.Resampling`` member / value."""
+    if isinstance(resample, str) and resample.lower() in _FILTERS:
+        return _FILTERS[resample.lower()]
+    if isinstance(resample, (int, np.integer)) and not isinstance(resample, bool):
+        with contextlib.suppress(ValueError):
+            return Image.Resampling(int(resample))
+    raise SchemaError(f"resample={resample!r} should be one of Pillow's filters {list(_FILTERS)}")
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How every file becomes a sample: size (H, W), pixel format, filter, exactness, decoder, layout."""
+
+    size: tuple[int, int]
+    pixels: PixelFormat
+    resample: Image.Resampling = Image.Resampling.BILINEAR
+    decode: str = "exact"
+    decoder: str = "pillow"  # "pillow" or "simplejpeg" (for the JPEGs it serves), resolved
+    channels_last: bool = False
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise SchemaError(f"decode={self.decode!r} should be one of {DECODE_MODES}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One sample's shape: (C, H, W), or (H, W, C) channels-last."""
+        h, w = self.size
+        c = self.pixels.channels
+        return (h, w, c) if self.channels_last else (c, h, w)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one decode did: the decoder used, the pixels' copies into the slot (0 = decoded there)."""
+
+    decoder: str
+    copies: int
+    conversion: str
+
+
+def _check_pixels(path: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
         raise CorruptFileError(
-            f"{path!r}: cannot decode the image ({type(err).__name__}: {err}); fix: re-encode or remove the file, "
-            "or pass on_error='skip' to leave unreadable files out (each one is reported)"
-        ) from None
+            f"{path!r}: the image is {width} x {height} = {width * height:,} pixels, above "
+            f"max_pixels={max_pixels:,}; fix: downscale the file, or pass a higher max_pixels= "
+            "(None: no limit), or on_error='skip' to leave such files out (each one is reported)"
+        )
+
+
+def _undecodable(path: str, err: BaseException) -> CorruptFileError:
+    return CorruptFileError(
+        f"{path!r}: cannot decode the image ({type(err).__name__}: {err}); fix: re-encode or remove the file, "
+        "or pass on_error='skip' to leave unreadable files out (each one is reported)"
+    )
+
+
+def _finish(img: Image.Image, spec: DecodeSpec) -> Image.Image:
+    """Pillow's own pipeline from the decoded image on: ``convert(mode)``, then ``resize``."""
+    mode = spec.pixels.mode
+    out = img.convert(mode) if img.mode != mode else img
+    h, w = spec.size
+    if out.size != (w, h):
+        out = out.resize((w, h), spec.resample)
+    return out
+
+
+def _decode_pillow(path: str, f: IO[bytes], spec: DecodeSpec) -> tuple[Image.Image, str]:
+    h, w = spec.size
+    with Image.open(f) as im:
+        _check_pixels(path, *im.size, spec.max_pixels)  # from the header: Image.open decodes nothing yet
+        mode = source_mode(im)  # before load(), which forgets a 16-bit raw mode
+        if is_high_depth(mode):
+            spec.pixels.check(path, im, mode)  # refused before decoding, unless declared
+        if spec.decode == "fast" and im.format == "JPEG":
+            im.draft(im.mode, (w, h))  # decode at the smallest 1/8..1 scale still >= the target
+        im.load()
+        conversion = spec.pixels.check(path, im, mode)
+        out = _finish(im, spec)
+        out.load()
+        return out, conversion  # loaded: usable after the file is closed
+
+
+def _decode_simple(path: str, data: bytes, slot: np.ndarray[Any, Any], spec: DecodeSpec) -> Decoded | None:
+    """A JPEG through ``simplejpeg``; ``None`` when it is one Pillow must decode (CMYK, odd header)."""
+    header = _jpeg_simple.read_header(data)
+    if header is None:
+        return None
+    height, width, mode = header
+    _check_pixels(path, width, height, spec.max_pixels)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and width * height > 2 * pillow_limit:  # what Image.open would refuse
+        raise Image.DecompressionBombError(
+            f"Image size ({width * height} pixels) exceeds limit of {2 * pillow_limit} pixels, "
+            "could be decompression bomb DOS attack."
+        )
+    try:
+        conversion = spec.pixels.conversion(mode)  # RGB or L, 8-bit, opaque: refused only by mode="I;16"
+    except SchemaError as err:
+        raise type(err)(f"{path!r}: {err}", field="image") from None
+    scale = _jpeg_simple.draft_scale(height, width, spec.size) if spec.decode == "fast" else 1
+    dh, dw = -(-height // scale), -(-width // scale)
+    direct = (dh, dw) == spec.size and mode == spec.pixels.mode and spec.channels_last and slot.flags.c_contiguous
+    try:
+        arr = _jpeg_simple.decode_jpeg(data, mode, scale=scale, out=slot if direct else None)
+    except ValueError:
+        return None  # TurboJPEG refuses what libjpeg only warns about (extraneous bytes): Pillow decides
+    if direct:
+        return Decoded("simplejpeg", 0, conversion)
+    img = Image.frombuffer(mode, (arr.shape[1], arr.shape[0]), arr, "raw", mode, 0, 1)  # a view of arr
+    return Decoded("simplejpeg", _copy_into(slot, _finish(img, spec), spec), conversion)
 
 
 def _pillow_view(img: Image.Image) -> np.ndarray[Any, Any] | None:
-    """(H, W, 4) view of an RGB image's own memory through its Arrow export; ``None`` if unavailable."""
+    """(H, W, bands in memory) view of an image's own memory through its Arrow export; ``None`` if unavailable.
+
+    RGB is held as RGBX (4 bands), L and I;16 as one.
+    """
     if not HAS_ARROW:
         return None
     import pyarrow as pa
 
     try:
-        values = pa.array(img).values
+        arr = pa.array(img)
+        flat = arr.values if isinstance(arr, pa.FixedSizeListArray) else arr
+        values = flat.to_numpy(zero_copy_only=True)
     except (ValueError, TypeError, pa.ArrowException):
         return None  # e.g. an image Pillow keeps in several memory blocks
-    return values.to_numpy(zero_copy_only=True).reshape(img.height, img.width, 4)  # type: ignore[no-any-return]
+    if img.mode == "I;16":
+        values = values.view(np.uint16)
+    return values.reshape(img.height, img.width, -1)  # type: ignore[no-any-return]
 
 
-def decode_into(
-    path: str,
-    slot: np.ndarray[Any, Any],
-    size: tuple[int, int],
-    *,
-    channels_last: bool,
-    resample: Any,
-    max_pixels: int | None = None,
-) -> int:
-    """Decode ``path`` into ``slot`` ((3, H, W) or (H, W, 3) uint8); return the copies of the pixels made (1 or 2)."""
-    img = open_rgb(path, size, resample, max_pixels)
-    if not channels_last:
-        view = _pillow_view(img)
-        if view is not None:
-            np.copyto(slot, view[..., :3].transpose(2, 0, 1))
-            return 1
-        np.copyto(slot, np.asarray(img).transpose(2, 0, 1))
+def _copy_into(slot: np.ndarray[Any, Any], img: Image.Image, spec: DecodeSpec) -> int:
+    """Copy a finished image into the slot; return the copies of its pixels made (1, or 2 when packed first)."""
+    c = spec.pixels.channels
+    if spec.channels_last and img.mode == "RGB":
+        np.copyto(slot, np.asarray(img))  # packed RGB bytes: faster than reading RGBX and dropping X
         return 2
-    np.copyto(slot, np.asarray(img))  # packed RGB bytes: faster than reading RGBX and dropping X
-    return 2
+    view = _pillow_view(img)
+    copies = 1
+    if view is None:
+        view, copies = np.asarray(img).reshape(img.height, img.width, c), 2
+    pixels = view[..., :c]
+    np.copyto(slot, pixels if spec.channels_last else pixels.transpose(2, 0, 1))
+    return copies
+
+
+def decode_into(path: str, slot: np.ndarray[Any, Any], spec: DecodeSpec) -> Decoded:
+    """Decode ``path`` into ``slot`` (one sample of ``spec.shape``); :class:`CorruptFileError` names a bad file.
+
+    A file whose mode the declared pixel format refuses raises that :class:`SchemaError` (naming it).
+    """
+    try:
+        with _no_bomb_warning(), _open_regular(path) as f:
+            src: IO[bytes] = f
+            if spec.decoder == "simplejpeg" and f.read(3) == b"\xff\xd8\xff":
+                data = b"\xff\xd8\xff" + f.read()
+                done = _decode_simple(path, data, slot, spec)
+                if done is not None:
+                    return done
+                src = io.BytesIO(data)  # already read: Pillow takes the bytes
+            src.seek(0)
+            img, conversion = _decode_pillow(path, src, spec)
+        return Decoded("Pillow", _copy_into(slot, img, spec), conversion)
+    except (CorruptFileError, SchemaError):
+        raise
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path!r}: the image file no longer exists") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
+        raise _undecodable(path, err) from None

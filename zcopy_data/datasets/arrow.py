@@ -1,10 +1,14 @@
-"""``ArrowDataset``: an Arrow IPC or Feather v2 file, memory-mapped copy-on-write, served zero-copy.
+"""``ArrowDataset``: Arrow IPC / Feather v2 files, memory-mapped copy-on-write, served zero-copy.
 
 The file is mapped once per process with a private (copy-on-write) mapping and pyarrow reads its
 metadata from that mapping, so every column chunk is a NumPy view of file pages: a batch inside
 one record batch is a view, any other batch is exactly one ``index_select`` per field that reads
 rows straight out of the mapping, whichever record batch they live in. Writes to a batch touch
 private pages only: never the file, never a SIGSEGV, no "non-writable" warning.
+
+Several files (a list, a glob, a folder of shards) are one dataset with global indices: each
+shard is mapped on first use through a bounded cache, and a batch across shards is still one
+``index_select`` per field (:mod:`zcopy_data.datasets._shards`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, ident
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
 from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_view, column_spec
+from zcopy_data.datasets._arrow_shards import ArrowShards, check_schemas, scan_shard
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
+from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN, arrow_shard_files
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, FileChangedError, SampleIndexError, SchemaError, UnsupportedColumnError
 from zcopy_data.ledger import COLLATE, record
@@ -152,16 +158,29 @@ def _chunks(
     return chunks, shape
 
 
+def _open_shard(
+    path: str, identity: FileIdentity, *, columns: list[str], copy: bool, strings: str
+) -> ArrowDataset:
+    """One shard of a sharded ``ArrowDataset``: a one-file dataset over the file it was scanned as."""
+    return ArrowDataset(path, columns, copy=copy, strings=strings, _identity=identity)
+
+
 class ArrowDataset(ZeroCopyDataset):
-    """An Arrow IPC (file or stream) or Feather v2 file, read zero-copy from a private mapping.
+    """Arrow IPC (file or stream) or Feather v2 files, read zero-copy from private mappings.
 
     Args:
-        path: the ``.arrow`` / ``.arrows`` / ``.feather`` file.
+        path: the ``.arrow`` / ``.arrows`` / ``.feather`` file; or several as one dataset: a list
+            of files, a glob (``"data/*.arrow"``, sorted), or a folder -- its
+            ``zcopy_index.json`` (shard order, sizes checked), else a Hugging Face
+            ``save_to_disk`` folder (``state.json`` order), else its sorted ``*.arrow`` /
+            ``*.feather`` / ``*.ipc`` files. Shards must agree on the selected columns' types.
         columns: the fields to serve, in this order (default: every column). Columns left out may
             have any type.
         copy: copy contiguous batches too (counted), so in-place ops never reach the mapping.
         strings: ``"list"`` serves string columns as Python lists of ``str`` (copies, counted in
             the ledger; not part of ``schema``); default ``"error"`` refuses them.
+        max_open: shards mapped at once (each holds a file descriptor); older ones are unmapped
+            once no batch views them.
 
     Raises:
         UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
@@ -181,24 +200,32 @@ class ArrowDataset(ZeroCopyDataset):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         columns: Sequence[str] | None = None,
         *,
         copy: bool = False,
         strings: str = "error",
+        max_open: int = DEFAULT_MAX_OPEN,
+        _identity: FileIdentity | None = None,
     ):
         if strings not in STRINGS:
             raise ValueError(f"{strings=} should be one of {STRINGS}")
-        self.path = os.fspath(path)
+        files, found_as = arrow_shard_files(path) if _identity is None else ([os.fspath(path)], "file")  # type: ignore[arg-type]
+        self.path = files[0] if len(files) == 1 else _describe(path)
+        self.paths = files
         self.copy = copy
         self.strings = strings
         self._selected = None if columns is None else list(columns)
         self.origin = "IPC file"
         self.source = self.path
         self.cache_reused: bool | None = None
-        self._identity: FileIdentity | None = None  # taken once, at the first open: every process serves it
+        self._identity: FileIdentity | None = _identity  # taken once, at the first open: every process serves it
         self._reopen_error: FileChangedError | None = None  # a worker's reopen that failed, raised at its first batch
-        self._open()
+        self._shards: ArrowShards | None = None
+        if len(files) == 1:
+            self._open()
+        else:
+            self._open_shards(files, found_as, max_open)
 
     @classmethod
     def from_parquet(
@@ -260,8 +287,37 @@ class ArrowDataset(ZeroCopyDataset):
         return ds
 
     # -- opening ----------------------------------------------------------------------------
+    def _open_shards(self, files: list[str], found_as: str, max_open: int) -> None:
+        """Read every shard's footer, check the schemas agree, and open the first shard."""
+        infos = [scan_shard(f) for f in files]
+        names = infos[0].schema.names
+        wanted = names if self._selected is None else self._selected
+        missing = [c for c in wanted if c not in names]
+        if missing or not wanted:
+            raise SchemaError(
+                f"shard 0 {files[0]!r}: columns {missing or wanted} not found; the file has {names}",
+                field=(missing or [None])[0],
+            )
+        check_schemas(infos, wanted)
+        text = [n for n in wanted if self.strings == "list" and is_string_type(infos[0].schema.field(n).type)]
+        opener = partial(_open_shard, columns=list(wanted), copy=self.copy, strings=self.strings)
+        shards = ArrowShards(infos, opener, [n for n in wanted if n not in text], max_open)
+        first = next((s for s, info in enumerate(infos) if sum(info.batch_rows)), 0)
+        reader = shards.shard(first)
+        shards.expected = reader.schema
+        self._shards = shards
+        self._text: dict[str, StringColumn] = dict(reader._text)
+        self._text_names = list(self._text)
+        self._order = list(wanted)
+        self._n = len(shards)
+        self.num_record_batches = sum(len(i.batch_rows) for i in infos)
+        self.origin = f"{found_as}, {len(files)} shards"
+        self.schema = reader.schema
+
     def _open(self) -> None:
         mapped, schema, batches, self._identity = open_ipc(self.path, self._identity)
+        if self.origin == "IPC file" and bytes(mapped[:6]) != b"ARROW1":
+            self.origin = "IPC stream"
         names = schema.names
         wanted = names if self._selected is None else self._selected
         missing = [c for c in wanted if c not in names]
@@ -284,6 +340,7 @@ class ArrowDataset(ZeroCopyDataset):
             views[spec.name], shape = _chunks(spec, numbered, mapped, starts)
             fields[spec.name] = Field(to_torch_dtype(spec.dtype), shape)
         self._text = {n: StringColumn(n, numbered, schema.field(n).type) for n in text}
+        self._text_names = list(self._text)
         self._order = list(wanted)
         self._mapped = mapped
         self._views = views
@@ -348,16 +405,21 @@ class ArrowDataset(ZeroCopyDataset):
         return not self._text
 
     def check_sources(self) -> None:
-        """The file is still the one the dataset was built on (one ``stat`` per batch)."""
+        """The files are still the ones the dataset was built on (one ``stat`` per mapped file and batch)."""
         if self._reopen_error is not None:
             raise self._reopen_error
-        if self._identity is not None:
+        if self._shards is not None:
+            self._shards.check_unchanged()
+        elif self._identity is not None:
             check_unchanged(self.path, self._identity)
 
     def batch_is_view(self, run: Run | None) -> bool:
         """A contiguous run inside one record batch, with no string column, is a view."""
         if run is None or self.copy or self._text or run[0] >= run[1]:
             return False
+        if self._shards is not None:
+            c, _ = self._shards.table.chunk_of(run[0])
+            return run[1] <= int(self._shards.table.starts[c + 1])
         c, _ = self._locate(run[0])
         return run[1] <= int(self._starts[c + 1])
 
@@ -370,6 +432,8 @@ class ArrowDataset(ZeroCopyDataset):
         if not -self._n <= i < self._n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {self._n} samples", index=i)
         i %= self._n
+        if self._shards is not None:
+            return self._shards.item(i)
         c, k = self._locate(i)
         out = {name: chunks[c][k] for name, chunks in self._views.items()}
         out.update((name, col.item(i)) for name, col in self._text.items())
@@ -378,11 +442,39 @@ class ArrowDataset(ZeroCopyDataset):
     def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         """One view when ``run`` lies inside one record batch, else one gather per field."""
         self.check_sources()
-        out = self._gather_tensors(indices, run, allocation)
-        if not self._text:
-            return out
-        out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
-        return {name: out[name] for name in self._order}
+        if self._shards is not None:
+            out = self._gather_shards(indices, run, allocation)
+            if self._text:
+                out.update((n, self._shards.take_text(n, indices, self.origin)) for n in self._text)
+        else:
+            out = self._gather_tensors(indices, run, allocation)
+            if self._text:
+                out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
+        return {name: out[name] for name in self._order} if self._text else out
+
+    def _gather_shards(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
+        shards = self._shards
+        assert shards is not None
+        if indices.size == 0:
+            return {n: torch.empty((0, *(d or 0 for d in f.shape)), dtype=f.dtype) for n, f in self.schema.items()}
+        if run is not None and not self.copy:
+            found = shards.view_chunk(run)
+            if found is not None:
+                reader, c, k = found
+                why = f"view: indices contiguous in one record batch of one shard ({self.origin})"
+                out = {}
+                for name in self.schema:
+                    t = torch.from_numpy(reader._views[name][c][k : k + run[1] - run[0]])
+                    record(COLLATE, name, why, viewed=nbytes(t))
+                    out[name] = t
+                return out
+        if self.copy and run is not None:
+            why = f"gather: copy=True ({self.origin})"
+        elif run is not None:
+            why = f"gather: contiguous indices span record batches or shards ({self.origin})"
+        else:
+            why = f"gather: indices not contiguous ({self.origin})"
+        return shards.gather(indices, allocation, why)
 
     def _gather_tensors(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         starts = self._starts
@@ -424,6 +516,10 @@ class ArrowDataset(ZeroCopyDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reopen_error = None
+        if self._shards is not None:
+            # shards are mapped on first use, each checked against the file it was scanned as
+            self._text = dict.fromkeys(self._text_names)  # type: ignore[assignment]
+            return
         try:
             self._open()
         except FileChangedError as err:
@@ -432,4 +528,12 @@ class ArrowDataset(ZeroCopyDataset):
             self._reopen_error = err
 
     def __repr__(self) -> str:
-        return f"ArrowDataset({Path(self.path).name!r}, {self._n} samples, {self.schema})"
+        shards = "" if self._shards is None else f", {len(self.paths)} shards"
+        return f"ArrowDataset({Path(self.path).name!r}{shards}, {self._n} samples, {self.schema})"
+
+
+def _describe(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> str:
+    """The folder or glob a sharded dataset was given, or its first file for a list."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return os.fspath(source[0])

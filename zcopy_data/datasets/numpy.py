@@ -1,99 +1,27 @@
-"""``NumpyDataset``: named NumPy arrays or ``.npy`` files, memory-mapped copy-on-write."""
+"""``NumpyDataset``: named NumPy arrays or ``.npy`` files (or shards of them), memory-mapped copy-on-write."""
 
 from __future__ import annotations
 
-import math
 import os
-import stat
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from zcopy_data._dtypes import dtype_name
-from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, remap_private
+from zcopy_data._mapping import FileIdentity, check_unchanged, remap_private
+from zcopy_data._requests import Indices, Run
+from zcopy_data.datasets._npy_files import load_npy
+from zcopy_data.datasets._numpy_shards import ShardedColumns, is_sharded
+from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import CopyRequiredError, FileChangedError, SchemaError
+from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Schema
 
 __all__ = ["NumpyDataset"]
 
-Source = np.ndarray[Any, Any] | str | os.PathLike[str]
-
-
-_MAGIC = b"\x93NUMPY"
-_OTHER_FORMATS = {b"PK\x03\x04": "a .npz (zip) archive; pass each of its arrays as its own .npy file"}
-
-
-def load_npy(
-    path: str | os.PathLike[str], *, field: str, identity: FileIdentity | None = None
-) -> tuple[np.ndarray[Any, Any], FileIdentity]:
-    """Map a ``.npy`` file copy-on-write (never unpickling anything) with a clear error.
-
-    The magic bytes are checked first, so anything that is not a ``.npy`` file (empty, an
-    ``.npz`` archive, a pickle) is refused before NumPy looks at it. Returns the array and the
-    identity of the file it maps; given ``identity`` (the file the dataset was built on), a
-    different file raises :class:`~zcopy_data.errors.FileChangedError`.
-    """
-    name = os.fspath(path)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
-        with open(fd, "rb") as f:
-            st = os.fstat(fd)
-            if identity is not None and FileIdentity.of_stat(st) != identity:
-                check_unchanged(name, identity)  # another file now: FileChangedError, whatever it is
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError
-            if not stat.S_ISREG(st.st_mode):
-                raise SchemaError(
-                    f"field {field!r}: {name!r} is not a regular file (a FIFO, device or socket); "
-                    "only regular .npy files are read",
-                    field=field,
-                )
-            found = FileIdentity.of_stat(st)
-            shape, fortran, dtype, offset = _check_header(f, name, field)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"field {field!r}: no such file {name!r}") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"field {field!r}: {name!r} is a directory, not a .npy file") from None
-    arr = file_array(
-        name, offset, shape, dtype, order="F" if fortran else "C", identity=identity or found, shared=False
-    )
-    return arr, identity or found
-
-
-def _check_header(f: BinaryIO, name: str, field: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
-    """Refuse a file that is not a ``.npy``, stores Python objects, or is smaller than its header says.
-
-    Sizes are computed with Python ints, so a header declaring an absurd shape is refused here
-    instead of overflowing inside ``np.memmap``.
-    """
-
-    def refuse(why: str) -> SchemaError:
-        return SchemaError(f"field {field!r}: {name!r} {why}; write it with np.save(path, array)", field=field)
-
-    head = f.read(len(_MAGIC))
-    if head != _MAGIC:
-        what = next((v for k, v in _OTHER_FORMATS.items() if head.startswith(k)), None)
-        raise refuse(f"is not a readable .npy file ({what or (f'it starts with {head!r}' if head else 'it is empty')})")
-    version = f.read(2)
-    if len(version) < 2 or (version[0], version[1]) not in ((1, 0), (2, 0), (3, 0)):
-        raise refuse(f"is not a readable .npy file (unknown format version {tuple(version)})")
-    read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
-    try:
-        shape, fortran, dtype = read(f)
-    except (ValueError, EOFError) as err:
-        raise refuse(f"has an unreadable .npy header ({err})") from None
-    if dtype.hasobject:
-        raise refuse("stores Python objects (pickled data), which are never loaded; store a numeric dtype")
-    declared = math.prod(int(d) for d in shape) * dtype.itemsize
-    size = os.fstat(f.fileno()).st_size
-    if f.tell() + declared > size:
-        raise refuse(
-            f"is truncated: its header declares shape {tuple(shape)} of {dtype.str} = {declared} bytes "
-            f"after a {f.tell()}-byte header, the file has {size} bytes"
-        )
-    return tuple(int(d) for d in shape), bool(fortran), dtype, f.tell()
+Source = np.ndarray[Any, Any] | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
@@ -116,14 +44,24 @@ class NumpyDataset(ZeroCopyDataset):
     (a tensor over them could be written through) unless ``copy=True``.
 
     Args:
-        columns: field name -> array or ``.npy`` path. All fields need the same length.
+        columns: field name -> array or ``.npy`` path, or the field's shards: a list of ``.npy``
+            paths or a glob (sorted), read as one array along the first axis. All fields need
+            the same length; shards of different fields may be cut at different rows.
         schema: optional declared schema; the columns must match it exactly.
         copy: copy every batch, contiguous ones included (isolates in-place ops on batches).
 
     >>> ds = NumpyDataset({"x": np.zeros((4, 2), np.float32), "y": np.arange(4)})
     >>> ds.schema
     Schema({'x': float32[2], 'y': int64[]})
+
+    .. note:: Sharded fields are mapped on first use, at most ``max_open`` files per field at a
+       time; a batch inside one shard is a view, any other one gather per field.
     """
+
+    def __new__(cls, columns: Mapping[str, Source] | None = None, **kwargs: Any) -> NumpyDataset:  # noqa: ARG004
+        if cls is NumpyDataset and isinstance(columns, Mapping) and any(is_sharded(s) for s in columns.values()):
+            cls = ShardedNumpyDataset
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -203,3 +141,63 @@ class NumpyDataset(ZeroCopyDataset):
 
     def __repr__(self) -> str:
         return f"NumpyDataset({len(self)} samples, {self.schema})"
+
+
+class ShardedNumpyDataset(NumpyDataset):
+    """A ``NumpyDataset`` with sharded fields (what ``NumpyDataset`` builds when a field is a list or glob)."""
+
+    def __init__(
+        self,
+        columns: Mapping[str, Source],
+        *,
+        schema: Schema | Mapping[str, Any] | None = None,
+        copy: bool = False,
+        max_open: int = DEFAULT_MAX_OPEN,
+    ) -> None:
+        self.copy = copy
+        self._sharded = ShardedColumns(columns, max_open)
+        frozen = self._sharded.schema
+        if schema is not None:
+            declared = schema if isinstance(schema, Schema) else Schema(schema)
+            if list(declared) != list(frozen):
+                raise SchemaError(
+                    f"NumpyDataset: declared fields {list(declared)} differ from the columns {list(frozen)}"
+                )
+            frozen.check_compatible(declared, ours="columns", theirs="declared schema")
+        self.schema = frozen
+
+    @property
+    def is_columnar(self) -> bool:
+        return False  # shards are not one array per field: batches come from build_batch
+
+    @property
+    def threads_suffice(self) -> bool:
+        return True  # views and index_select release the GIL
+
+    def columns(self) -> dict[str, np.ndarray[Any, Any]]:
+        raise TypeError("a sharded NumpyDataset has no single array per field; index it or fetch batches")
+
+    def batch_is_view(self, run: Run | None) -> bool:
+        return not self.copy and self._sharded.is_view(run)
+
+    def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
+        """A view per field when ``run`` lies in one of its shards, else one gather into one buffer."""
+        self.check_sources()
+        return self._sharded.build(indices, run, allocation, self.copy)
+
+    def check_sources(self) -> None:
+        """Each mapped shard is still the file it was when the dataset was built (one ``stat`` each)."""
+        self._sharded.check_unchanged()
+
+    def __len__(self) -> int:
+        return self._sharded.n
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray[Any, Any]]:
+        return self._sharded.item(index)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # shards are mapped on first use in this process
+
+    def __repr__(self) -> str:
+        shards = sum(len(f.shards) for f in self._sharded.fields.values())
+        return f"NumpyDataset({len(self)} samples in {shards} shards, {self.schema})"

@@ -17,20 +17,24 @@ from zcopy_data._storage import nbytes
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation
 
-__all__ = ["gather_fields", "take_rows", "view_rows"]
+__all__ = ["gather_fields", "select_rows", "take_rows", "view_rows"]
 
 _SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def take_rows(src: torch.Tensor, rows: torch.Tensor, allocation: Allocation) -> torch.Tensor:
     """``src[rows]`` as one ``index_select`` into a buffer from ``allocation``."""
-    buf = allocation((rows.numel(), *src.shape[1:]), src.dtype)
+    return select_rows(src, rows, allocation((rows.numel(), *src.shape[1:]), src.dtype))
+
+
+def select_rows(src: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``src[rows]`` written into ``out`` by one ``index_select``; returns ``out``."""
     bits = _SAME_BITS.get(src.dtype)
     if bits is None:
-        torch.index_select(src, 0, rows, out=buf)
+        torch.index_select(src, 0, rows, out=out)
     else:  # index_select has no kernels for wide unsigned types: move the same bits as signed
-        torch.index_select(src.view(bits), 0, rows, out=buf.view(bits))
-    return buf
+        torch.index_select(src.view(bits), 0, rows, out=out.view(bits))
+    return out
 
 
 def view_rows(src: torch.Tensor, start: int, stop: int) -> torch.Tensor:

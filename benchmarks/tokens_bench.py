@@ -1,0 +1,156 @@
+"""Token windows: nanoGPT's ``get_batch``, a hand-vectorised NumPy version and ``TokenDataset``,
+on one token file, in one process, taking turns (paired rounds: see ``zcopy_bench/verdict.py``).
+
+The file holds ``--tokens`` random ``uint16`` ids written as nanoGPT's ``prepare.py`` writes them
+(``ids.tofile("train.bin")``). Every contender draws shuffled windows of ``block_size + 1 = 257``
+tokens (every offset, nanoGPT's sampling), batch 64:
+
+* ``nanogpt``: nanoGPT's ``get_batch`` as written in its ``train.py`` (a new ``np.memmap`` per
+  call, one ``torch.from_numpy(...astype(np.int64))`` per window, ``torch.stack``);
+* ``numpy``: ``w = data[ix[:, None] + ar].astype(np.int64)``, ``x, y = w[:, :-1], w[:, 1:]``
+  (one vectorised gather; ``x`` and ``y`` are not contiguous);
+* ``zcopy``: ``TokenDataset(path, 256, stride=1, dtype=np.uint16)`` through
+  ``ZeroCopyDataLoader(batch_sampler=LazyShuffleSampler(...))``: uint16 as stored, both fields
+  contiguous;
+* ``zcopy+cast``: the same behind ``DevicePrefetcher(device="cpu", cast=int64)``: widened by the
+  declared device cast, the form a CPU run trains on.
+
+Torch runs on one thread (the contenders are single-threaded Python loops). Goals: ``zcopy`` >= 3x
+``numpy`` and >= 30x ``nanogpt``; ``zcopy+cast`` >= 1.5x ``numpy``.
+
+Run: ``python benchmarks/tokens_bench.py [--json out.json]`` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from zcopy_bench.verdict import classify, describe
+
+from zcopy_data import DevicePrefetcher, ZeroCopyDataLoader
+from zcopy_data.datasets import TokenDataset
+from zcopy_data.samplers import LazyShuffleSampler
+
+BLOCK, BATCH = 256, 64
+
+
+def nanogpt(path: str, seed: int) -> Callable[[], Any]:
+    torch.manual_seed(seed)
+
+    def get_batch() -> Any:  # nanoGPT train.py, device_type == "cpu"
+        data = np.memmap(path, dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - BLOCK, (BATCH,))
+        x = torch.stack([torch.from_numpy((data[i : i + BLOCK]).astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + BLOCK]).astype(np.int64)) for i in ix])
+        return x, y
+
+    return get_batch
+
+
+def vectorised(path: str, seed: int) -> Callable[[], Any]:
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    rng = np.random.default_rng(seed)
+    ar = np.arange(BLOCK + 1)
+
+    def get_batch() -> Any:
+        ix = rng.integers(0, len(data) - BLOCK, BATCH)
+        w = torch.from_numpy(data[ix[:, None] + ar].astype(np.int64))
+        return w[:, :-1], w[:, 1:]
+
+    return get_batch
+
+
+def _forever(make: Callable[[int], Any]) -> Callable[[], Any]:
+    epoch = [0]
+
+    def batches() -> Iterator[Any]:
+        while True:
+            yield from make(epoch[0])
+            epoch[0] += 1
+
+    it = batches()
+    return lambda: next(it)
+
+
+def zcopy(path: str, seed: int, cast: bool) -> Callable[[], Any]:
+    ds = TokenDataset(path, BLOCK, stride=1, dtype=np.uint16)
+    sampler = LazyShuffleSampler(ds, BATCH, seed=seed)
+    loader = ZeroCopyDataLoader(ds, batch_sampler=sampler)
+
+    def epoch(e: int) -> Any:
+        sampler.set_epoch(e)
+        if cast:
+            return DevicePrefetcher(loader, "cpu", cast={"input": torch.int64, "target": torch.int64})
+        return loader
+
+    return _forever(epoch)
+
+
+def rate(get: Callable[[], Any], seconds: float) -> float:
+    """Windows per second over at least ``seconds`` (the previous batch is held, as a trainer does)."""
+    held = get()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        held = get()
+        n += 1
+    del held
+    return n * BATCH / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=20_000_000)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=0.4, help="per contender per round")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "train.bin")
+        np.random.default_rng(0).integers(0, 50257, args.tokens, dtype=np.uint16).tofile(path)
+        contenders: dict[str, Callable[[], Any]] = {
+            "nanogpt": nanogpt(path, 0),
+            "numpy": vectorised(path, 0),
+            "zcopy": zcopy(path, 0, cast=False),
+            "zcopy+cast": zcopy(path, 0, cast=True),
+        }
+        first = contenders["zcopy"]()
+        x, y = first["input"], first["target"]
+        assert x.dtype == torch.uint16 and x.is_contiguous() and y.is_contiguous()
+        rounds: list[dict[str, float]] = []
+        names = list(contenders)
+        for r in range(args.rounds):
+            order = names if r % 2 == 0 else names[::-1]  # A B C D, D C B A, ...
+            rounds.append({name: rate(contenders[name], args.seconds) for name in order})
+    medians = {n: float(np.median([rd[n] for rd in rounds])) for n in names}
+    targets = {
+        "zcopy / numpy >= 3": classify([rd["zcopy"] / rd["numpy"] for rd in rounds], 3.0),
+        "zcopy / nanogpt >= 30": classify([rd["zcopy"] / rd["nanogpt"] for rd in rounds], 30.0),
+        "zcopy+cast / numpy >= 1.5": classify([rd["zcopy+cast"] / rd["numpy"] for rd in rounds], 1.5),
+    }
+    print(f"{args.tokens:,} uint16 tokens, windows of {BLOCK + 1}, batch {BATCH}, torch threads 1")
+    for n in names:
+        print(f"  {n:<11} {medians[n] / 1e3:9.1f}k windows/s (median of {len(rounds)} rounds)")
+    for name, t in targets.items():
+        t["name"] = name
+        print(f"  {describe(t)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"tokens": args.tokens, "rounds": rounds, "medians": medians, "targets": targets}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
