@@ -31,6 +31,7 @@ from zcopy_data.errors import (
 from zcopy_data.explain import explain
 from zcopy_data.ledger import LEDGER, CopyLedger
 from zcopy_data.loader import ZeroCopyDataLoader
+from zcopy_data.ragged import Ragged
 from zcopy_data.samplers import BlockShuffleSampler, LazyShuffleSampler
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
@@ -60,6 +61,7 @@ __all__ = [
     "NumpyDataset",
     "PinnedBufferPool",
     "PoolExhaustedError",
+    "Ragged",
     "ResumeStateError",
     "SampleIndexError",
     "Schema",

@@ -121,6 +121,10 @@ class Schema(Mapping[str, Field]):
         """A schema from columns whose first axis is the sample index."""
         fields = {}
         for name, col in columns.items():
+            ragged = getattr(col, "ragged_spec", None)  # a variable-length column (zcopy_data.ragged)
+            if ragged is not None:
+                fields[name] = Field(*ragged)
+                continue
             spec = value_spec(col)
             if spec is None or not spec[1]:
                 raise SchemaError(

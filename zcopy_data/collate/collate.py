@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import collections.abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from zcopy_data._tree import join, rebuild
 from zcopy_data.errors import DtypeDriftError, SchemaError, ShapeMismatchError, describe
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation, default_allocation
+from zcopy_data.ragged import stack_ragged
 from zcopy_data.schema import value_spec
 from zcopy_data.strict import strict_asarray
 
@@ -34,7 +35,9 @@ __all__ = ["zero_copy_collate"]
 _SAMPLE = "<sample>"  # the name of a sample that is a single value
 
 
-def zero_copy_collate(batch: Any, *, allocation: Allocation | None = None) -> Any:
+def zero_copy_collate(
+    batch: Any, *, allocation: Allocation | None = None, ragged: Mapping[str, str | Mapping[str, Any]] | None = None
+) -> Any:
     """Collate a batch with the fewest copies; a drop-in for ``default_collate``.
 
     Args:
@@ -45,6 +48,10 @@ def zero_copy_collate(batch: Any, *, allocation: Allocation | None = None) -> An
             shared memory inside a worker, pinned memory with an accelerator, else reused host
             buffers. ``functools.partial(zero_copy_collate, allocation=HostAllocation())``
             keeps gathers out of pinned memory.
+        ragged: per-sample fields whose first dimension varies, by name: ``"packed"``,
+            ``"padded"`` or ``"nested"`` (or ``{"output": "padded", "pad_value": -1}``), batched as
+            :mod:`zcopy_data.ragged` describes with one copy of their values. A columnar dataset's
+            variable-length columns (:class:`~zcopy_data.ragged.Ragged`) say this themselves.
 
     >>> import numpy as np
     >>> from zcopy_data.datasets import NumpyDataset
@@ -67,7 +74,21 @@ def zero_copy_collate(batch: Any, *, allocation: Allocation | None = None) -> An
     schema = batch.schema if isinstance(batch, SampleBatch) else None
     if schema is not None:
         schema.check_sample(batch[0], index=None if indices is None else indices[0])
-    return _Collate(alloc, indices)(batch, None)
+    return _Collate(alloc, indices, _ragged_settings(ragged))(batch, None)
+
+
+def _ragged_settings(ragged: Mapping[str, str | Mapping[str, Any]] | None) -> dict[str, tuple[str, Any]]:
+    out: dict[str, tuple[str, Any]] = {}
+    for name, how in (ragged or {}).items():
+        if isinstance(how, str):
+            out[name] = (how, 0)
+        elif isinstance(how, Mapping) and set(how) <= {"output", "pad_value"}:
+            out[name] = (str(how.get("output", "packed")), how.get("pad_value", 0))
+        else:
+            raise ValueError(
+                f"ragged[{name!r}]={how!r}: give 'packed', 'padded' or 'nested', or {{'output': ..., 'pad_value': ...}}"
+            )
+    return out
 
 
 # -- per-sample: the default_collate structure, one copy per leaf ----------------------------
@@ -93,11 +114,12 @@ def _first(indices: list[int] | None) -> str:
 class _Collate:
     """One per-sample batch: the structure of ``default_collate``, every leaf stacked once."""
 
-    __slots__ = ("alloc", "indices")
+    __slots__ = ("alloc", "indices", "ragged")
 
-    def __init__(self, alloc: Allocation, indices: list[int] | None) -> None:
+    def __init__(self, alloc: Allocation, indices: list[int] | None, ragged: dict[str, tuple[str, Any]]) -> None:
         self.alloc = alloc
         self.indices = indices
+        self.ragged = ragged
 
     def __call__(self, batch: Sequence[Any], path: str | None) -> Any:
         indices = self.indices
@@ -148,6 +170,9 @@ class _Collate:
         elem = batch[0]
         if elem.is_nested or elem.layout != torch.strided:
             return default_collate(batch)  # type: ignore[arg-type,no-any-return]  # same error default_collate gives for nested / sparse
+        how = self.ragged.get(path or _SAMPLE)
+        if how is not None:
+            return stack_ragged(batch, path or _SAMPLE, how[0], how[1], self.alloc)  # type: ignore[no-any-return]
         _check_uniform([(t.dtype, tuple(t.shape)) for t in batch], path, self.indices)
         name = path or _SAMPLE
         if any(t.requires_grad for t in batch):
@@ -225,7 +250,9 @@ def _check_uniform(
             raise ShapeMismatchError(
                 f"{_where(path, indices, pos)}: expected shape {tuple(shape)} "
                 f"(as {_first(indices)}), found {tuple(s)}; resize or pad samples to one "
-                "shape, or collate this field yourself",
+                "shape, or, when only the first dimension varies, declare the field ragged: "
+                f"functools.partial(zero_copy_collate, ragged={{{path or _SAMPLE!r}: 'packed'}}) "
+                "('padded' and 'nested' too)",
                 field=path,
                 index=_index(indices, pos),
             )

@@ -31,6 +31,7 @@ from zcopy_data._requests import BatchRequest, Indices, Run, SampleBatch, as_ind
 from zcopy_data.errors import SampleIndexError, SchemaError, describe
 from zcopy_data.memory.gather import gather_fields
 from zcopy_data.memory.policy import Allocation
+from zcopy_data.ragged import Ragged, ragged_batch
 from zcopy_data.schema import Schema
 from zcopy_data.strict import strict_asarray
 
@@ -79,13 +80,17 @@ class ZeroCopyDataset(Dataset[Any]):
             raise NotImplementedError(f"{type(self).__name__} must implement columns() or build_batch()")
         self.check_sources()
         view = self.batch_is_view(run)
-        return gather_fields(
-            self.column_tensors(),
+        tensors = self.column_tensors()
+        out: dict[str, Any] = gather_fields(
+            {n: t for n, t in tensors.items() if n not in self._zc_ragged()},
             torch.from_numpy(indices),
             run if view else None,
             allocation,
             gather_why="gather: copy=True" if self.copy and run is not None else "gather: indices not contiguous",
         )
+        for name, column in self._zc_ragged().items():
+            out[name] = ragged_batch(name, column, tensors[name], indices, run if view else None, allocation)
+        return {n: out[n] for n in tensors}
 
     def check_sources(self) -> None:
         """Called before each batch is built: raise when a source changed underneath (default: nothing).
@@ -183,6 +188,23 @@ class ZeroCopyDataset(Dataset[Any]):
             raise SchemaError(f"{type(self).__name__}.columns() returned no fields")
         length = None
         for name, col in cols.items():
+            if isinstance(col, Ragged):
+                if not col.is_open:
+                    raise SchemaError(f"field {name!r}: a Ragged column of paths needs NumpyDataset", field=name)
+                col.checked(name)
+                for part in (col.values, col.offsets):
+                    if isinstance(part, np.ndarray):
+                        register_file_array(part)
+                n = col.n
+                if length is None:
+                    length, first = n, name
+                elif n != length:
+                    raise SchemaError(
+                        f"field {name!r}: has {n} samples but field {first!r} has {length}; "
+                        "every field needs one row per sample",
+                        field=name,
+                    )
+                continue
             if not isinstance(col, (np.ndarray, torch.Tensor)):
                 raise SchemaError(
                     f"{describe(name, None)}: a column must be a NumPy array or tensor, "
@@ -214,14 +236,26 @@ class ZeroCopyDataset(Dataset[Any]):
         """
         cache = self.__dict__.get("_zc_tens")
         if cache is None:
-            cache = {n: strict_asarray(c, field=n, allow_read_only=self.copy) for n, c in self._zc_columns().items()}
+            cache = {
+                n: strict_asarray(c.values if isinstance(c, Ragged) else c, field=n, allow_read_only=self.copy)
+                for n, c in self._zc_columns().items()
+            }
             self.__dict__["_zc_tens"] = cache
         return cache
 
     def __len__(self) -> int:
         if not self.is_columnar:
             raise NotImplementedError(f"{type(self).__name__} must implement __len__ or columns()")
-        return int(next(iter(self._zc_columns().values())).shape[0])
+        col = next(iter(self._zc_columns().values()))
+        return col.n if isinstance(col, Ragged) else int(col.shape[0])
+
+    def _zc_ragged(self) -> dict[str, Ragged]:
+        """The variable-length columns (cached per process)."""
+        cache = self.__dict__.get("_zc_rag")
+        if cache is None:
+            cache = {n: c for n, c in self._zc_columns().items() if isinstance(c, Ragged)}
+            self.__dict__["_zc_rag"] = cache
+        return cache
 
     def __getitem__(self, index: int) -> Any:
         if not self.is_columnar:
@@ -231,7 +265,14 @@ class ZeroCopyDataset(Dataset[Any]):
         i = as_index(index)
         if not -n <= i < n:
             raise SampleIndexError(f"index {i} is out of range for a dataset of {n} samples", index=i)
-        return {name: col[i] for name, col in cols.items()}
+        out = {}
+        for name, col in cols.items():
+            if isinstance(col, Ragged):
+                off, j = col.checked(name), i % n
+                out[name] = col.values[int(off[j]) : int(off[j + 1])]
+            else:
+                out[name] = col[i]
+        return out
 
     def __getitems__(self, indices: Sequence[int]) -> BatchRequest | SampleBatch:
         """Called by ``DataLoader`` with a whole batch of indices (PyTorch >= 2.1)."""
@@ -245,6 +286,6 @@ class ZeroCopyDataset(Dataset[Any]):
 
     def __getstate__(self) -> dict[str, Any]:
         # Per-process caches (mappings, tensors) are rebuilt in the receiving process.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_zc_cols", "_zc_tens", "_zc_schema")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_zc_cols", "_zc_tens", "_zc_schema", "_zc_rag")}
 
 

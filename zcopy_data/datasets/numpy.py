@@ -17,11 +17,12 @@ from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import CopyRequiredError, FileChangedError, SchemaError
 from zcopy_data.memory.policy import Allocation
+from zcopy_data.ragged import Ragged
 from zcopy_data.schema import Schema
 
 __all__ = ["NumpyDataset"]
 
-Source = np.ndarray[Any, Any] | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+Source = np.ndarray[Any, Any] | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Ragged
 
 
 def _check_byte_order(name: str, arr: np.ndarray[Any, Any], what: str, fix: str) -> None:
@@ -82,8 +83,14 @@ class NumpyDataset(ZeroCopyDataset):
             self.schema = schema
         _ = self.schema  # validate lengths, dtypes and the declared schema now, not mid-epoch
 
-    def _open(self, name: str, src: Source) -> np.ndarray[Any, Any]:
+    def _open(self, name: str, src: Source | Ragged, *, read_only_ok: bool = False) -> Any:
+        if isinstance(src, Ragged):  # a variable-length field: its values and offsets, each an array or a .npy
+            return src.opened(
+                self._open(f"{name}.values", src.values),
+                self._open(f"{name}.offsets", src.offsets, read_only_ok=True),  # only read, never handed out
+            )
         if isinstance(src, (str, os.PathLike)):
+            self.__dict__.setdefault("_paths", {})[name] = os.fspath(src)
             # A plain ndarray over a registered copy-on-write mapping (no np.memmap and its
             # per-slice Python hook, which costs more than the slice itself).
             arr, self._identities[name] = load_npy(src, field=name, identity=self._identities.get(name))
@@ -102,7 +109,7 @@ class NumpyDataset(ZeroCopyDataset):
             private = remap_private(src)
             if private is not None:
                 return private.view(np.ndarray)
-        if not src.flags.writeable and not self.copy:
+        if not src.flags.writeable and not (self.copy or read_only_ok):
             raise CopyRequiredError(
                 f"field {name!r}: the array is read-only, and a zero-copy batch over it could be "
                 "written through; pass a writable array, a .npy path, or copy=True",
@@ -119,8 +126,9 @@ class NumpyDataset(ZeroCopyDataset):
         """Each ``.npy`` file is still the one the dataset was built on (one ``stat`` per file)."""
         if self._arrays is None:
             raise self._reopen_error
+        paths: dict[str, str] = self.__dict__.get("_paths", {})
         for name, identity in self._identities.items():
-            check_unchanged(os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
+            check_unchanged(paths.get(name) or os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict[str, Any]:
         # File-backed columns travel as their path (workers map the file themselves);

@@ -1,0 +1,237 @@
+"""Variable-length fields: values + offsets in, packed, padded or nested batches out.
+
+A ragged column stores its samples back to back: ``values`` of shape ``(total, *inner)`` and
+``offsets`` of ``n + 1`` non-decreasing integers, sample ``i`` being
+``values[offsets[i]:offsets[i + 1]]`` -- the layout of Arrow ``list`` columns and of a pair of
+``.npy`` files. Its schema field is ``Field(dtype, (None, *inner))``. A batch comes out as the
+user declares (``output=``):
+
+* ``"packed"``: ``{"values": (sum of lengths, *inner), "cu_seqlens": int32 (B + 1,)}``, the layout
+  of FlashAttention's varlen kernels. A contiguous run of samples is a view of the values plus
+  its ``B + 1`` rebased offsets; any other batch is one vectorised copy of its segments;
+* ``"padded"``: ``{"values": (B, max_len, *inner)`` filled with ``pad_value``, ``"lengths"``:
+  int64 ``(B,)``, ``"mask"``: bool ``(B, max_len)}``;
+* ``"nested"``: a ``torch.nested`` jagged tensor over the packed values.
+
+Every byte written is counted in the ledger; offsets are checked once, when the column is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from zcopy_data._storage import nbytes
+from zcopy_data.errors import SchemaError, ShapeMismatchError
+from zcopy_data.ledger import COLLATE, record
+from zcopy_data.memory.gather import select_rows
+from zcopy_data.memory.policy import Allocation
+from zcopy_data.strict import strict_asarray
+
+__all__ = ["OUTPUTS", "Ragged", "check_offsets", "ragged_batch", "stack_ragged"]
+
+OUTPUTS = ("packed", "padded", "nested")
+_Ints = np.ndarray[Any, np.dtype[np.int64]]
+
+
+def _check_output(output: str, pad_value: Any) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r}: a ragged field is batched as one of {list(OUTPUTS)}")
+    if not isinstance(pad_value, (int, float, bool)):
+        raise ValueError(f"pad_value={pad_value!r} should be a number")
+
+
+def check_offsets(offsets: np.ndarray[Any, Any], values: int, name: str) -> _Ints:
+    """``offsets`` as int64 after the checks every batch relies on; a clear error otherwise."""
+    if offsets.ndim != 1 or offsets.size < 1 or offsets.dtype.kind not in "iu":
+        raise SchemaError(
+            f"field {name!r}: offsets must be a 1-D integer array of n + 1 entries, found "
+            f"{offsets.dtype} of shape {offsets.shape}",
+            field=name,
+        )
+    off = offsets.astype(np.int64, copy=False)
+    if int(off[0]) < 0:
+        raise SchemaError(f"field {name!r}: offsets start at {int(off[0])}, a negative position", field=name)
+    steps = np.diff(off)
+    if steps.size and int(steps.min()) < 0:
+        i = int(np.flatnonzero(steps < 0)[0])
+        raise SchemaError(
+            f"field {name!r} at index {i}: offsets decrease ({int(off[i])} then {int(off[i + 1])}); "
+            "sample i is values[offsets[i]:offsets[i + 1]], so offsets never decrease",
+            field=name,
+            index=i,
+        )
+    if int(off[-1]) > values:
+        raise SchemaError(
+            f"field {name!r}: offsets end at {int(off[-1])}, past the {values} values; "
+            "the offsets do not belong to these values",
+            field=name,
+        )
+    return off
+
+
+class Ragged:
+    """A variable-length column for :class:`~zcopy_data.NumpyDataset` and other columnar datasets.
+
+    Args:
+        values: ``(total, *inner)`` array (or ``.npy`` path, for ``NumpyDataset``).
+        offsets: ``n + 1`` integers (or ``.npy`` path): sample ``i`` is ``values[offsets[i]:offsets[i + 1]]``.
+        output: ``"packed"`` (default), ``"padded"`` or ``"nested"`` -- see the module docstring.
+        pad_value: what ``"padded"`` fills past each sample's length.
+
+    >>> col = Ragged(np.arange(6, dtype=np.int32), np.array([0, 2, 2, 6]))
+    >>> col.n, col.lengths.tolist()
+    (3, [2, 0, 4])
+    """
+
+    def __init__(self, values: Any, offsets: Any, *, output: str = "packed", pad_value: Any = 0) -> None:
+        _check_output(output, pad_value)
+        self.values = values
+        self.offsets = offsets
+        self.output = output
+        self.pad_value = pad_value
+        self._off: _Ints | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return isinstance(self.values, (np.ndarray, torch.Tensor)) and isinstance(
+            self.offsets, (np.ndarray, torch.Tensor)
+        )
+
+    def opened(self, values: Any, offsets: Any) -> Ragged:
+        """The same column over these arrays (a dataset opens its files with this)."""
+        return Ragged(values, offsets, output=self.output, pad_value=self.pad_value)
+
+    def checked(self, name: str) -> _Ints:
+        """The int64 offsets, checked against the values once (cached)."""
+        if self._off is None:
+            values = np.asarray(self.values) if not isinstance(self.values, torch.Tensor) else self.values
+            if values.ndim < 1:
+                raise SchemaError(f"field {name!r}: ragged values need at least one axis", field=name)
+            off = self.offsets.numpy() if isinstance(self.offsets, torch.Tensor) else np.asarray(self.offsets)
+            self._off = check_offsets(off, int(values.shape[0]), name)
+        return self._off
+
+    @property
+    def n(self) -> int:
+        """Samples in the column."""
+        return int(np.asarray(self.offsets).shape[0]) - 1
+
+    @property
+    def lengths(self) -> _Ints:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        return off[1:] - off[:-1]
+
+    @property
+    def ragged_spec(self) -> tuple[torch.dtype, tuple[int | None, ...]]:
+        """``(dtype, (None, *inner))``: the schema field of one sample."""
+        t = torch.from_numpy(np.asarray(self.values[:0])) if not isinstance(self.values, torch.Tensor) else self.values
+        return t.dtype, (None, *t.shape[1:])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_off": None}
+
+    def __repr__(self) -> str:
+        return f"Ragged({self.n} samples, output={self.output!r})"
+
+
+def _packed_view(name: str, values: torch.Tensor, off: _Ints, run: tuple[int, int], alloc: Allocation) -> Any:
+    start, stop = run
+    vals = values[int(off[start]) : int(off[stop])]
+    record(COLLATE, name, "view: ragged values of contiguous samples", viewed=nbytes(vals))
+    cu = alloc((stop - start + 1,), torch.int32)
+    np.subtract(off[start : stop + 1], off[start], out=cu.numpy(), casting="unsafe")
+    record(COLLATE, f"{name}.cu_seqlens", "offsets: rebased for the batch", copied=nbytes(cu))
+    return vals, cu
+
+
+def _segments(off: _Ints, idx: _Ints) -> tuple[_Ints, _Ints, _Ints]:
+    """Each picked sample's length, the batch's offsets, and the flat source index of every value."""
+    starts, lengths = off[idx], off[idx + 1] - off[idx]
+    cu = np.zeros(idx.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    total = int(cu[-1])
+    flat = np.repeat(starts - cu[:-1], lengths) + np.arange(total, dtype=np.int64)
+    return lengths, cu, flat
+
+
+def ragged_batch(
+    name: str,
+    column: Ragged,
+    values: torch.Tensor,
+    indices: _Ints,
+    run: tuple[int, int] | None,
+    alloc: Allocation,
+) -> Any:
+    """The batch of ``indices`` of one ragged column, as ``column.output`` says."""
+    off = column.checked(name)
+    if column.output != "padded" and run is not None:
+        vals, cu = _packed_view(name, values, off, run, alloc)
+    else:
+        lengths, cu64, flat = _segments(off, indices)
+        if column.output == "padded":
+            return _padded(name, column, values, lengths, flat, alloc)
+        vals = select_rows(values, torch.from_numpy(flat), alloc((flat.size, *values.shape[1:]), values.dtype))
+        record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(vals))
+        cu = alloc((indices.size + 1,), torch.int32)
+        cu.numpy()[:] = cu64
+        record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
+    if column.output == "nested":
+        return torch.nested.nested_tensor_from_jagged(vals, offsets=cu.to(torch.int64))
+    return {"values": vals, "cu_seqlens": cu}
+
+
+def _padded(
+    name: str, column: Ragged, values: torch.Tensor, lengths: _Ints, flat: _Ints, alloc: Allocation
+) -> dict[str, torch.Tensor]:
+    batch = lengths.size
+    width = int(lengths.max()) if batch else 0
+    buf = alloc((batch, width, *values.shape[1:]), values.dtype)
+    buf.fill_(column.pad_value)
+    rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
+    cols = np.arange(flat.size, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    seg = select_rows(values, torch.from_numpy(flat), torch.empty((flat.size, *values.shape[1:]), dtype=values.dtype))
+    buf.view(batch * width, *values.shape[1:]).index_copy_(0, torch.from_numpy(rows * width + cols), seg)
+    record(COLLATE, name, "pad: segments gathered, then placed in a padded buffer", copied=nbytes(seg) + nbytes(buf))
+    lens = alloc((batch,), torch.int64)
+    lens.numpy()[:] = lengths
+    mask = alloc((batch, width), torch.bool)
+    np.less(np.arange(width), lengths[:, None], out=mask.numpy())
+    record(COLLATE, f"{name}.lengths", "computed: lengths and mask", copied=nbytes(lens) + nbytes(mask))
+    return {"values": buf, "lengths": lens, "mask": mask}
+
+
+def stack_ragged(
+    samples: Sequence[torch.Tensor], name: str, output: str, pad_value: Any, alloc: Allocation
+) -> Any:
+    """Per-sample arrays of differing first dimension, batched as ``output`` (one copy of the values)."""
+    _check_output(output, pad_value)
+    first = samples[0]
+    for pos, t in enumerate(samples):
+        if t.ndim < 1 or t.dtype != first.dtype or t.shape[1:] != first.shape[1:]:
+            raise ShapeMismatchError(
+                f"field {name!r} at batch position {pos}: a ragged field varies only in its first dimension; "
+                f"expected {first.dtype} of shape (?, {', '.join(map(str, first.shape[1:]))}), "
+                f"found {t.dtype} of shape {tuple(t.shape)}",
+                field=name,
+            )
+    values = [strict_asarray(t, field=name, allow_read_only=True) for t in samples]
+    lengths = np.array([v.shape[0] for v in values], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    packed = alloc((int(offsets[-1]), *first.shape[1:]), first.dtype)
+    torch.cat(values, 0, out=packed)
+    record(COLLATE, name, "cat: ragged per-sample values", copied=nbytes(packed))
+    column = Ragged(packed, offsets, output=output, pad_value=pad_value)
+    idx = np.arange(len(values), dtype=np.int64)
+    if output == "padded":
+        _, _, flat = _segments(offsets, idx)
+        return _padded(name, column, packed, lengths, flat, alloc)
+    cu = alloc((len(values) + 1,), torch.int32)
+    cu.numpy()[:] = offsets
+    record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
+    if output == "nested":
+        return torch.nested.nested_tensor_from_jagged(packed, offsets=cu.to(torch.int64))
+    return {"values": packed, "cu_seqlens": cu}
