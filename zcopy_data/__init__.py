@@ -12,7 +12,7 @@
 from typing import TYPE_CHECKING
 
 from zcopy_data.collate import zero_copy_collate
-from zcopy_data.datasets import NumpyDataset, TokenDataset, ZeroCopyDataset
+from zcopy_data.datasets import NumpyDataset, PackedDataset, TokenDataset, ZeroCopyDataset
 from zcopy_data.errors import (
     CopyRequiredError,
     CorruptFileError,
@@ -59,6 +59,7 @@ __all__ = [
     "ImageFolderDataset",
     "LazyShuffleSampler",
     "NumpyDataset",
+    "PackedDataset",
     "PinnedBufferPool",
     "PoolExhaustedError",
     "Ragged",

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from zcopy_data.datasets.base import BatchRequest, SampleBatch, ZeroCopyDataset
 from zcopy_data.datasets.concat import ConcatZeroCopyDataset, concat
 from zcopy_data.datasets.numpy import NumpyDataset
+from zcopy_data.datasets.packed import PackedDataset
 from zcopy_data.datasets.tokens import TokenDataset
 from zcopy_data.errors import CorruptFileError, SkippedFileWarning, UnsupportedColumnError
 
@@ -19,6 +20,7 @@ __all__ = [
     "CorruptFileError",
     "ImageFolderDataset",
     "NumpyDataset",
+    "PackedDataset",
     "SampleBatch",
     "SkippedFileWarning",
     "TokenDataset",
