@@ -16,6 +16,7 @@ from zcopy_data.datasets import NumpyDataset, PackedDataset, TokenDataset, ZeroC
 from zcopy_data.errors import (
     CopyRequiredError,
     CorruptFileError,
+    DeviceMemoryError,
     DtypeDriftError,
     FileChangedError,
     PoolExhaustedError,
@@ -35,7 +36,16 @@ from zcopy_data.ragged import Ragged
 from zcopy_data.samplers import BlockShuffleSampler, LazyShuffleSampler
 from zcopy_data.schema import Field, Schema
 from zcopy_data.strict import strict_asarray
-from zcopy_data.transfer import Cast, DeviceCast, DevicePrefetcher, PinnedBufferPool, to_device, validate_cast
+from zcopy_data.transfer import (
+    Cast,
+    DeviceCast,
+    DevicePrefetcher,
+    DeviceResidentDataset,
+    PinnedBufferPool,
+    to_device,
+    to_device_resident,
+    validate_cast,
+)
 
 if TYPE_CHECKING:
     from zcopy_data.datasets import ArrowDataset, ImageFolderDataset
@@ -52,7 +62,9 @@ __all__ = [
     "CopyRequiredError",
     "CorruptFileError",
     "DeviceCast",
+    "DeviceMemoryError",
     "DevicePrefetcher",
+    "DeviceResidentDataset",
     "DtypeDriftError",
     "Field",
     "FileChangedError",
@@ -80,6 +92,7 @@ __all__ = [
     "explain",
     "strict_asarray",
     "to_device",
+    "to_device_resident",
     "validate_cast",
     "write",
     "zero_copy_collate",

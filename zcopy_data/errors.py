@@ -29,6 +29,7 @@ import re
 __all__ = [
     "CopyRequiredError",
     "CorruptFileError",
+    "DeviceMemoryError",
     "DtypeDriftError",
     "FileChangedError",
     "PoolExhaustedError",
@@ -94,6 +95,10 @@ class FileChangedError(ZeroCopyError, RuntimeError):
 
 class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):
     """A worker could not get shared memory for a batch: the pool limit or ``/dev/shm`` is full."""
+
+
+class DeviceMemoryError(ZeroCopyError, MemoryError):
+    """Data meant to live on a device does not fit in its free memory."""
 
 
 class PoolExhaustedError(ZeroCopyError, RuntimeError):

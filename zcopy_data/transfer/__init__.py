@@ -10,14 +10,17 @@ from zcopy_data.errors import PoolExhaustedError
 from zcopy_data.memory.pinned import PinnedBufferPool, PinnedSlot
 from zcopy_data.transfer.cast import Cast, DeviceCast, validate_cast
 from zcopy_data.transfer.device import DevicePrefetcher, to_device
+from zcopy_data.transfer.resident import DeviceResidentDataset, to_device_resident
 
 __all__ = [
     "Cast",
     "DeviceCast",
     "DevicePrefetcher",
+    "DeviceResidentDataset",
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
     "to_device",
+    "to_device_resident",
     "validate_cast",
 ]
