@@ -2,7 +2,7 @@
 per-sample path users write today (a ``Dataset`` returning one array per sample and a collate that
 calls ``torch.nn.utils.rnn.pad_sequence``), in one process, taking turns (paired rounds).
 
-Data: ``--docs`` documents of 1–512 ``int32`` tokens (mean ~256), shuffled batches of 64, 0 workers,
+Data: ``--docs`` documents of 1-512 ``int32`` tokens (mean ~256), shuffled batches of 64, 0 workers,
 torch on one thread. Run: ``python benchmarks/ragged_bench.py [--json out.json]``.
 """
 
@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from zcopy_bench.verdict import classify, describe  # noqa: E402
+from zcopy_bench.verdict import classify, describe
 
-from zcopy_data import LazyShuffleSampler, NumpyDataset, Ragged, ZeroCopyDataLoader  # noqa: E402
+from zcopy_data import LazyShuffleSampler, NumpyDataset, Ragged, ZeroCopyDataLoader
 
 BATCH = 64
 
