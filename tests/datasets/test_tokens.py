@@ -263,6 +263,8 @@ def test_bad_token_files_are_refused_with_the_fix(tmp_path: Path, bin_file: Path
         TokenDataset(np.zeros(100, np.float32), 4)
     with pytest.raises(SchemaError, match=r"need document boundaries; pass eos_id="):
         TokenDataset(np.zeros(100, np.uint16), 4, fields=("input", "position_ids"))
+    with pytest.raises(SchemaError, match=r"eos_id=70000 is not a uint16 token \(0..65535\)"):
+        TokenDataset(np.zeros(100, np.uint16), 4, eos_id=70000, fields=("input", "position_ids"))
     with pytest.raises(FileNotFoundError, match="no such token file"):
         TokenDataset(tmp_path / "missing.bin", 4, dtype=np.uint16)
 

@@ -103,6 +103,13 @@ class TokenDataset(ZeroCopyDataset):
                 f"TokenDataset: seq_len={self.seq_len} needs windows of {self.seq_len + 1} tokens, the source has "
                 f"{self.token_count}; use a smaller seq_len or more data"
             )
+        if self.eos_id is not None:
+            info = np.iinfo(self.token_dtype)
+            if not info.min <= self.eos_id <= info.max:
+                raise SchemaError(
+                    f"TokenDataset: eos_id={self.eos_id} is not a {self.token_dtype.name} token "
+                    f"({info.min}..{info.max}); pass the end-of-document id the tokens were written with"
+                )
         wants = [f for f in self.fields if f in _BOUNDARY_FIELDS]
         if wants and src.doc_starts is None and self.eos_id is None:
             raise SchemaError(
