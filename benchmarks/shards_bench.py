@@ -3,8 +3,9 @@
 One run: a Hugging Face ``save_to_disk`` folder with 3 shards, a glob of 100 polars-written IPC
 files, and a sharded ``NumpyDataset``; each loaded shuffled (batch 256, 0 workers, torch at one
 thread) in paired rounds against the one-file dataset and against ``torch.utils.data.ConcatDataset``
-of per-shard datasets. Ratios are judged by ``zcopy_bench.verdict.classify`` (goals: >= 0.9 of
-one file, >= 10x the ConcatDataset path). ``python benchmarks/shards_bench.py [--rows N] [--rounds R]``
+of per-shard datasets, taking turns (A B C, C B A, ...), at least 6 rounds. Ratios are judged by
+``zcopy_bench.verdict.classify`` (goals: >= 0.9 of one file, >= 10x the ConcatDataset path).
+``python benchmarks/shards_bench.py [--rows N] [--rounds R >= 6]``
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zcopy_bench.verdict import classify, describe
+from zcopy_bench.verdict import MIN_ROUNDS, classify, describe
 
 from zcopy_data import zero_copy_collate
 from zcopy_data.datasets import ArrowDataset, NumpyDataset
@@ -93,18 +94,21 @@ def _write(folder: str, rows: int) -> dict[str, tuple[Any, Any, Any]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=60_000)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help=f"paired rounds, at least {MIN_ROUNDS}")
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args()
+    if args.rounds < MIN_ROUNDS:
+        p.error(f"--rounds {args.rounds}: a verdict needs at least {MIN_ROUNDS} paired rounds")
     torch.set_num_threads(1)
     report: dict[str, Any] = {"rows": args.rows, "batch": BATCH, "shape": SHAPE, "sources": {}}
     with tempfile.TemporaryDirectory() as folder:
         for name, (sharded, one, concat) in _write(folder, args.rows).items():
             vs_one, vs_concat, rates = [], [], []
-            for _ in range(args.rounds):  # paired: each round measures all three back to back
-                r_sh = _rate(sharded, args.rows)
-                r_one = _rate(one, args.rows)
-                r_cat = _rate(concat, min(args.rows, 20_000))
+            cat_rows = min(args.rows, 20_000)
+            runs = {"sharded": (sharded, args.rows), "one": (one, args.rows), "concat": (concat, cat_rows)}
+            for r in range(args.rounds):  # paired: each round measures all three, in turns (A B C, C B A, ...)
+                got = {k: _rate(*runs[k]) for k in (list(runs) if r % 2 == 0 else list(runs)[::-1])}
+                r_sh, r_one, r_cat = got["sharded"], got["one"], got["concat"]
                 vs_one.append(r_sh / r_one)
                 vs_concat.append(r_sh / r_cat)
                 rates.append((r_sh, r_one, r_cat))

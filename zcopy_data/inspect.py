@@ -121,6 +121,30 @@ def _inspect_arrow(path: str) -> SourceReport:
     return SourceReport(path, f"{kind} ({len(batches)} record batches)", sum(b.num_rows for b in batches), fields)
 
 
+def _inspect_arrow_shards(path: str) -> SourceReport:
+    """A folder of Arrow shards (zcopy index, Hugging Face ``save_to_disk``, or ``*.arrow`` files): its layout."""
+    from zcopy_data.datasets._arrow_shards import scan_shard
+    from zcopy_data.datasets._shards import arrow_shard_files
+
+    files, found_as = arrow_shard_files(path)
+    infos = [scan_shard(f) for f in files]
+    rows = [sum(i.batch_rows) for i in infos]
+    report = _inspect_arrow(files[0])
+    shown = ", ".join(f"{os.path.basename(f)}: {n}" for f, n in list(zip(files, rows, strict=True))[:8])
+    more = f", ... ({len(files) - 8} more; {min(rows)} to {max(rows)} rows each)" if len(files) > 8 else ""
+    notes = [f"rows per shard: {shown}{more}"]
+    kinds = {"stream" if i.stream else "file" for i in infos}
+    fmt = f"{found_as}, {len(files)} Arrow IPC {'/'.join(sorted(kinds))} shards"
+    return SourceReport(path, fmt, sum(rows), report.fields, notes)
+
+
+def _is_arrow_folder(entries: list[str]) -> bool:
+    from zcopy_data.datasets._shards import INDEX_NAME
+
+    arrow = (".arrow", ".feather", ".ipc", ".arrows")
+    return INDEX_NAME in entries or "state.json" in entries or any(e.endswith(arrow) for e in entries)
+
+
 def _arrow_shape(typ: Any) -> str:
     import pyarrow as pa
 
@@ -291,6 +315,8 @@ def inspect_path(path: str | os.PathLike[str], *, cache_dir: str | None = None) 
         npys = {e[:-4]: os.path.join(path, e) for e in entries if e.endswith(".npy")}
         if npys and not any(os.path.isdir(os.path.join(path, e)) for e in entries):
             return _inspect_npy(npys, path)
+        if _is_arrow_folder(entries):
+            return _inspect_arrow_shards(path)
         return _inspect_images(path)
     if not os.path.isfile(path):  # a FIFO, device or socket: reading it could block forever
         raise _corrupt(f"{path!r} is not a regular file (a FIFO, device or socket); only files are read")

@@ -95,5 +95,7 @@ def test_bad_arguments_are_refused(corpus) -> None:
         PackedDataset(values, offsets, SEQ, method="first_fit")
     with pytest.raises(ValueError, match="seq_len=0 should be a positive integer"):
         PackedDataset(values, offsets, 0)
+    with pytest.raises(ValueError, match=r"pad_id=-1 is not a torch.uint16 token \(0..65535\)"):
+        PackedDataset(values, offsets, SEQ, pad_id=-1)
     with pytest.raises(ValueError, match="offsets end at"):
         PackedDataset(values[:10], offsets, SEQ)

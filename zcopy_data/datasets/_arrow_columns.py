@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from zcopy_data.errors import CorruptFileError, UnsupportedColumnError
 
-__all__ = ["ColumnSpec", "check_names", "chunk_view", "column_spec", "unsupported_reason"]
+__all__ = ["ColumnSpec", "check_names", "chunk_view", "column_spec", "dictionary_of", "unsupported_reason"]
 
 _SKIP_FIX = "or leave the column out with columns=[...]"
 _POLARS_FIX = "from polars, df.write_ipc(path, compat_level=pl.CompatLevel.oldest())"
@@ -89,9 +89,18 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
     if t.is_integer(typ) or t.is_floating(typ):
         return None
     if t.is_fixed_size_list(typ) or t.is_list(typ) or t.is_large_list(typ):
+        if t.is_dictionary(typ.value_type) or t.is_boolean(typ.value_type):
+            return (
+                f"lists of {typ.value_type} have no fixed-width tensor layout",
+                f"store the values as a plain integer type {_SKIP_FIX}",
+            )
         return unsupported_reason(typ.value_type)
     if t.is_boolean(typ):
-        return "booleans are bit-packed in Arrow (8 per byte)", "store them as uint8 (pc.cast(col, pa.uint8()))"
+        return (
+            "booleans are bit-packed in Arrow (8 per byte)",
+            "pass bools='unpack' to unpack them into a torch.bool batch (a copy, counted), "
+            f"or store them as uint8 (pc.cast(col, pa.uint8())) {_SKIP_FIX}",
+        )
     if t.is_string(typ) or t.is_large_string(typ) or t.is_binary(typ) or t.is_large_binary(typ):
         return (
             "strings and binaries are variable-length",
@@ -110,11 +119,7 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
             f"encode them as integer ids, write plain lists ({_POLARS_FIX}), {_SKIP_FIX}",
         )
     if t.is_dictionary(typ):
-        return (
-            "dictionary-encoded values are indices into a separate dictionary",
-            f"decode it once (table.column(name).dictionary_decode()) or keep the indices as a plain integer column "
-            f"{_SKIP_FIX}",
-        )
+        return None  # served as its integer indices; the dictionary is ArrowDataset.categories
     if t.is_temporal(typ):
         return f"{typ} has units, not a plain number", f"cast it once to int64 (pc.cast(col, pa.int64())) {_SKIP_FIX}"
     if t.is_null(typ):
@@ -139,6 +144,8 @@ def column_spec(name: str, typ: pa.DataType) -> ColumnSpec:
             f"field {name!r}: Arrow type {typ} cannot be a zero-copy tensor: {reason}; fix: {fix}", field=name
         )
     dims: list[int | None] = []
+    if pa.types.is_dictionary(typ):
+        return ColumnSpec(name, np.dtype(typ.index_type.to_pandas_dtype()), ())
     if isinstance(typ, pa.FixedShapeTensorType):
         return ColumnSpec(name, np.dtype(typ.value_type.to_pandas_dtype()), tuple(typ.shape))
     hf = hf_array_shape(typ)
@@ -179,6 +186,8 @@ def chunk_view(
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
     _nulls(arr, name, batch, row0)
+    if isinstance(arr, pa.DictionaryArray):
+        arr = arr.indices  # the dictionary itself is read once, by dictionary_of
     start, count, shape = arr.offset, rows, []
     while not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
         child = arr.values
@@ -242,6 +251,27 @@ def chunk_view(
         raise _outside_mapping(name, batch)
     view = file_bytes[lo - base : lo - base + nbytes].view(dtype)
     return view.reshape(rows, *final), final
+
+
+def dictionary_of(name: str, chunks: list[pa.Array], where: str) -> tuple[Any, ...]:
+    """The dictionary of a dictionary column's record batches, as Python values (checked to agree).
+
+    A later record batch may extend the dictionary (an IPC delta): earlier indices keep their
+    meaning, so the longest one serves them all. Any other difference is an error naming the batch.
+    """
+    found: tuple[Any, ...] = ()
+    for i, arr in enumerate(chunks):
+        values = tuple(arr.dictionary.to_pylist())
+        short, long = sorted((found, values), key=len)
+        if long[: len(short)] != short:
+            raise UnsupportedColumnError(
+                f"field {name!r}: {where} record batch {i} has the dictionary {list(values)[:6]}, earlier ones "
+                f"{list(found)[:6]}; one column needs one dictionary for its indices to mean one thing; fix: "
+                "write it with one dictionary (pa.chunked_array(...).unify_dictionaries(), or a polars Enum)",
+                field=name,
+            )
+        found = long
+    return found
 
 
 def _outside_mapping(name: str, batch: int) -> UnsupportedColumnError:

@@ -20,7 +20,9 @@ import torch
 from zcopy_data._mapping import FileIdentity, check_unchanged, identity_of
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
-from zcopy_data.datasets._shards import ChunkTable, ShardCache, check_same, span_gather
+from zcopy_data.datasets._arrow_bools import UNPACK_REASON
+from zcopy_data.datasets._shard_gather import SpanPlanner, plan_gather, span_gather
+from zcopy_data.datasets._shards import ChunkTable, ShardCache, check_same
 from zcopy_data.errors import CorruptFileError, DtypeDriftError, SchemaError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation
@@ -41,6 +43,7 @@ class ShardInfo:
     schema: pa.Schema
     batch_rows: tuple[int, ...]
     stream: bool
+    dictionaries: dict[str, tuple[Any, ...]]  # dictionary columns: the first non-empty record batch's
 
 
 def scan_shard(path: str) -> ShardInfo:
@@ -57,19 +60,27 @@ def scan_shard(path: str) -> ShardInfo:
             source.seek(0)
             if head == b"ARROW1":
                 reader = pa.ipc.open_file(source)
-                rows = tuple(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
                 schema, stream = reader.schema, False
             elif head[:4] == b"\xff\xff\xff\xff":
                 sreader = pa.ipc.open_stream(source)
-                rows = tuple(b.num_rows for b in sreader)
+                batches = list(sreader)
                 schema, stream = sreader.schema, True
             else:
                 raise CorruptFileError(f"{path!r}: not an Arrow IPC file (no ARROW1 magic); a shard is Arrow IPC")
+            rows = tuple(b.num_rows for b in batches)
+            first = next((b for b in batches if b.num_rows), None)
+            dictionaries = {  # read while the file is mapped: the batches view it
+                f.name: tuple(first.column(f.name).dictionary.to_pylist())
+                for f in schema
+                if first is not None and pa.types.is_dictionary(f.type)
+            }
+            del batches, first
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
         raise CorruptFileError(
             f"{path!r}: cannot read it as an Arrow IPC file ({err}); the shard is truncated or corrupt, write it again"
         ) from None
-    return ShardInfo(path, identity, schema, rows, stream)
+    return ShardInfo(path, identity, schema, rows, stream, dictionaries)
 
 
 def check_schemas(infos: Sequence[ShardInfo], wanted: Sequence[str]) -> None:
@@ -87,6 +98,29 @@ def check_schemas(infos: Sequence[ShardInfo], wanted: Sequence[str]) -> None:
             )
         for c in wanted:
             check_same(where, c, first.field(c).type, info.schema.field(c).type)
+            _check_dictionary(where, c, infos[0], info)
+
+
+def _check_dictionary(where: str, name: str, first: ShardInfo, info: ShardInfo) -> None:
+    """A dictionary column's indices mean one thing in every shard: one dictionary (or an extension of it).
+
+    Remapping another shard's indices would cost a copy of every batch from it, so it is refused.
+    """
+    if name not in first.dictionaries or name not in info.dictionaries:
+        return
+    ours, theirs = first.dictionaries[name], info.dictionaries[name]
+    short, long = sorted((ours, theirs), key=len)
+    if long[: len(short)] != short:
+        raise SchemaError(
+            f"{where}: field {name!r} has the dictionary {list(theirs)[:6]}, the first shard {list(ours)[:6]}; the "
+            "same index would mean different values; fix: write every shard with one dictionary (a polars "
+            "Enum, or pyarrow's unify_dictionaries before splitting), or leave the column out",
+            field=name,
+        )
+
+
+def _views_of(reader: ArrowDataset) -> dict[str, list[np.ndarray[Any, Any]]]:
+    return reader._views
 
 
 class ArrowShards:
@@ -121,9 +155,14 @@ class ArrowShards:
         self.max_open = max_open
         self.cache = self._new_cache()
         self.expected: Schema | None = None  # the first shard's schema, once it is open
+        self._spec_cache: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
 
     def _new_cache(self) -> ShardCache[ArrowDataset]:
-        return ShardCache(self._open, self.max_open, lambda s, r: self.table.note_open(s, r._views))
+        cache: ShardCache[ArrowDataset] = ShardCache(
+            self._open, self.max_open, lambda s, r: self.table.note_open(s, r._views)
+        )
+        self.planner = SpanPlanner(self.table, cache, _views_of)
+        return cache
 
     def _open(self, s: int) -> ArrowDataset:
         info = self.infos[s]
@@ -149,10 +188,15 @@ class ArrowShards:
         return self.cache.get(s)
 
     def check_unchanged(self) -> None:
-        """Every shard opened in this process is still the file it was scanned as (one ``stat`` each)."""
-        for s, info in enumerate(self.infos):
-            if self.cache.is_open(s):
-                check_unchanged(info.path, info.identity)
+        """The shards opened in this process are still the files they were scanned as.
+
+        One ``stat`` per open shard, every batch; a shard is also checked when it is opened.
+        """
+        self.cache.check_some(self._check)
+
+    def _check(self, s: int) -> None:
+        info = self.infos[s]
+        check_unchanged(info.path, info.identity)
 
     def item(self, i: int) -> dict[str, Any]:
         c, k = self.table.chunk_of(i)
@@ -169,7 +213,26 @@ class ArrowShards:
 
     def gather(self, indices: Indices, allocation: Allocation, why: str) -> dict[str, torch.Tensor]:
         """One ``index_select`` per field into one buffer, whichever shards the rows live in."""
-        chunk, within = self.table.locate(indices)
+        chunk = self.table.chunks_of(indices)
+        plan = self.planner.plan_for(chunk)
+        if plan is None:  # more shards than may be open at once: each touched one held for this batch
+            return self._gather_held(chunk, indices - self.table.starts[chunk], allocation, why)
+        out = plan_gather(plan, chunk, indices, allocation, self._specs())
+        for name, buf in out.items():
+            record(COLLATE, name, why, copied=nbytes(buf))
+        return out
+
+    def _specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Each tensor field's dtype and per-sample shape (the first open shard's, every shard's)."""
+        if self._spec_cache is None:
+            assert self.expected is not None  # set once the first shard is open, before any batch
+            shapes = {n: tuple(d or 0 for d in f.shape) for n, f in self.expected.items()}
+            self._spec_cache = {n: (self.expected[n].dtype, shapes[n]) for n in self.fields}
+        return self._spec_cache
+
+    def _gather_held(
+        self, chunk: Indices, within: Indices, allocation: Allocation, why: str
+    ) -> dict[str, torch.Tensor]:
         touched = np.unique(self.table.shard_of[chunk])
         with self.cache.lock:  # hold every touched shard, and read addresses consistent with them
             held = {int(s): self.shard(int(s)) for s in touched}
@@ -177,14 +240,26 @@ class ArrowShards:
         out = {}
         for name in self.fields:
             addr = addresses[name]
-            low = int(np.argmin(addr))
-            c = int(chunk[low])
+            c = int(chunk[int(np.argmin(addr))])
             base_view = held[int(self.table.shard_of[c])]._views[name][int(self.table.local[c])]
             buf = span_gather(name, addr, within, base_view, allocation)
             record(COLLATE, name, why, copied=nbytes(buf))
             out[name] = buf
         del held  # the shards may be unmapped from here on: the batch owns its bytes
         return out
+
+    def take_bools(self, name: str, indices: Indices, allocation: Allocation, origin: str) -> torch.Tensor:
+        """A bool column of a batch across shards, unpacked into one ``torch.bool`` buffer (counted once)."""
+        chunk = self.table.chunks_of(indices)
+        shards = self.table.shard_of[chunk]
+        buf = allocation((indices.size,), torch.bool)
+        out = buf.numpy().view(np.uint8)
+        for s in np.unique(shards).tolist():
+            pos = np.flatnonzero(shards == s)
+            base = int(self.table.starts[self.table.first_chunk[s]])
+            self.shard(s)._bools[name].unpack_into(out, pos, indices[pos] - base)
+        record(COLLATE, name, f"{UNPACK_REASON} (bools='unpack', {origin})", copied=buf.numel())
+        return buf
 
     def take_text(self, name: str, indices: Indices, origin: str) -> list[str]:
         """A string column of a batch across shards, each shard's rows taken once (counted there)."""
@@ -202,6 +277,7 @@ class ArrowShards:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("cache")
+        state.pop("planner")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

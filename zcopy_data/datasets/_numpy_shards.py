@@ -21,7 +21,8 @@ from zcopy_data._mapping import FileIdentity, check_unchanged
 from zcopy_data._requests import Indices, Run, as_index
 from zcopy_data._storage import nbytes
 from zcopy_data.datasets._npy_files import load_npy, read_npy_header
-from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN, ChunkTable, ShardCache, expand_paths, span_gather
+from zcopy_data.datasets._shard_gather import SpanPlanner, plan_gather, span_gather
+from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN, ChunkTable, ShardCache, expand_paths
 from zcopy_data.errors import DtypeDriftError, SampleIndexError, SchemaError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation
@@ -93,7 +94,14 @@ class ShardedField:
         self.cache = self._new_cache()
 
     def _new_cache(self) -> ShardCache[np.ndarray[Any, Any]]:
-        return ShardCache(self._open, self.max_open, lambda s, arr: self.table.note_open(s, {self.name: [arr]}))
+        cache: ShardCache[np.ndarray[Any, Any]] = ShardCache(
+            self._open, self.max_open, lambda s, arr: self.table.note_open(s, {self.name: [arr]})
+        )
+        self.planner = SpanPlanner(self.table, cache, self._views_of)
+        return cache
+
+    def _views_of(self, arr: np.ndarray[Any, Any]) -> dict[str, list[np.ndarray[Any, Any]]]:
+        return {self.name: [arr]}
 
     def _open(self, s: int) -> np.ndarray[Any, Any]:
 
@@ -123,7 +131,13 @@ class ShardedField:
         return torch.from_numpy(self.cache.get(c)[k : k + run[1] - run[0]])
 
     def gather(self, indices: Indices, allocation: Allocation) -> torch.Tensor:
-        chunk, within = self.table.locate(indices)
+        chunk = self.table.chunks_of(indices)
+        plan = self.planner.plan_for(chunk)
+        if plan is not None:
+            first = self.shards[0]
+            spec = {self.name: (to_torch_dtype(first.dtype), first.shape[1:])}
+            return plan_gather(plan, chunk, indices, allocation, spec)[self.name]
+        within = indices - self.table.starts[chunk]
         with self.cache.lock:  # hold every touched shard, and read addresses consistent with them
             held = {int(s): self.cache.get(int(s)) for s in np.unique(chunk)}
             addr = self.table.addresses[self.name][chunk]
@@ -131,13 +145,16 @@ class ShardedField:
         return span_gather(self.name, addr, within, base, allocation)
 
     def check_unchanged(self) -> None:
-        for s, shard in enumerate(self.shards):
-            if self.cache.is_open(s):
-                check_unchanged(shard.path, shard.identity)
+        """Open shards are still their files: one ``stat`` each, every batch."""
+        self.cache.check_some(self._check)
+
+    def _check(self, s: int) -> None:
+        check_unchanged(self.shards[s].path, self.shards[s].identity)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("cache")
+        state.pop("planner")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -5,18 +5,14 @@ shard): their global first rows, the shard each lives in, and -- while the shard
 address of each chunk's first row per field. Shards are opened on first use through a bounded LRU,
 so ten thousand shards hold at most ``max_open`` mappings (and file descriptors) at once.
 
-A batch inside one chunk is a view of it. Any other batch is one ``index_select`` per field,
-wherever its rows live: every row is a fixed number of bytes at a known address, so the address
-range from the lowest touched chunk to the highest, seen as rows ``g`` bytes apart (``g`` the
-greatest common divisor of the row size and the chunks' distances), is one strided tensor that
-holds every row of the batch. Only the touched rows are read; the shards are held while it runs.
+A batch inside one chunk is a view of it; any other batch is one ``index_select`` per field
+wherever its rows live (:mod:`zcopy_data.datasets._shard_gather`).
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -24,23 +20,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 
 from zcopy_data.errors import CorruptFileError, SchemaError
-from zcopy_data.memory.gather import take_rows
-from zcopy_data.memory.policy import Allocation
 
 __all__ = [
+    "CHECKS_PER_BATCH",
     "DEFAULT_MAX_OPEN",
     "ChunkTable",
     "ShardCache",
     "arrow_shard_files",
     "expand_paths",
     "is_glob",
-    "span_gather",
 ]
 
 DEFAULT_MAX_OPEN = 128  # shards mapped at once (each mapping holds one file descriptor)
+# files a batch compares with their identity (one stat each): every open shard, so a shard rewritten
+# after the dataset was built is never read, not even for one batch (see ShardCache.check_some)
+CHECKS_PER_BATCH: int | None = None
 INDEX_NAME = "zcopy_index.json"
 _ARROW_SUFFIXES = (".arrow", ".feather", ".ipc", ".arrows")
 
@@ -169,7 +165,9 @@ class ShardCache(Generic[R]):
         self._on_open = on_open
         self.max_open = max_open
         self._open: OrderedDict[int, R] = OrderedDict()
+        self._checked: OrderedDict[int, None] = OrderedDict()  # open shards, least recently checked first
         self.lock = threading.RLock()
+        self.generation = 0  # moves on whenever the set of open shards changes
 
     def get(self, i: int) -> R:
         """Shard ``i``, opened now if it is not open (call with :attr:`lock` held to batch lookups)."""
@@ -178,12 +176,29 @@ class ShardCache(Generic[R]):
             if reader is not None:
                 self._open.move_to_end(i)
                 return reader
-            reader = self._opener(i)
+            reader = self._opener(i)  # checks the file against the identity it was scanned as
             self._open[i] = reader
+            self._checked[i] = None
             self._on_open(i, reader)
+            self.generation += 1
             while len(self._open) > self.max_open:
-                self._open.popitem(last=False)  # its mapping goes once no batch views it
+                gone, _ = self._open.popitem(last=False)  # its mapping goes once no batch views it
+                self._checked.pop(gone, None)
             return reader
+
+    def opened(self) -> list[tuple[int, R]]:
+        """The open shards and their readers (call with :attr:`lock` held)."""
+        return list(self._open.items())
+
+    def check_some(self, check: Callable[[int], None], limit: int | None = CHECKS_PER_BATCH) -> None:
+        """Run ``check(i)`` on the open shards (``limit``: at most that many, those checked longest
+        ago first; ``None``, the default: all of them)."""
+        with self.lock:
+            due = list(self._checked)[:limit]
+            for i in due:
+                self._checked.move_to_end(i)
+        for i in due:
+            check(i)
 
     def is_open(self, i: int) -> bool:
         return i in self._open
@@ -191,6 +206,8 @@ class ShardCache(Generic[R]):
     def clear(self) -> None:
         with self.lock:
             self._open.clear()
+            self._checked.clear()
+            self.generation += 1
 
     def __len__(self) -> int:
         return len(self._open)
@@ -227,6 +244,12 @@ class ChunkTable:
         chunk = np.searchsorted(self.starts, indices, side="right") - 1
         return chunk, indices - self.starts[chunk]
 
+    def chunks_of(self, indices: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The chunk of each global index (vectorised)."""
+        chunk: np.ndarray[Any, Any] = self.starts.searchsorted(indices, side="right")
+        chunk -= 1
+        return chunk
+
     def chunk_of(self, i: int) -> tuple[int, int]:
         c = int(np.searchsorted(self.starts, i, side="right")) - 1
         return c, i - int(self.starts[c])
@@ -237,51 +260,6 @@ class ChunkTable:
         for name, chunks in views.items():
             if name in self.addresses:
                 self.addresses[name][lo:hi] = [chunks[int(j)].ctypes.data for j in self.local[lo:hi]]
-
-
-def span_gather(
-    name: str,
-    chunk_addresses: np.ndarray[Any, Any],
-    within: np.ndarray[Any, Any],
-    base_view: np.ndarray[Any, Any],
-    allocation: Allocation,
-) -> torch.Tensor:
-    """One ``index_select`` of rows that lie in several mappings, into one buffer of ``allocation``.
-
-    Args:
-        name: the field, for messages.
-        chunk_addresses: per output row, the address of its chunk's first row (every one mapped
-            and held by the caller for the duration of the call).
-        within: per output row, its row number inside that chunk.
-        base_view: a chunk view (``(rows, *shape)``, C-contiguous) that starts at the lowest
-            address in ``chunk_addresses``; the strided source is laid over it.
-        allocation: makes the output buffer.
-    """
-    dtype = base_view.dtype
-    dims = base_view.shape[1:]
-    itemsize = dtype.itemsize
-    row = itemsize * math.prod(dims)
-    n = within.size
-    if row == 0:
-        return allocation((n, *dims), torch.from_numpy(base_view[:0]).dtype)
-    base = base_view.ctypes.data
-    rel = chunk_addresses - base
-    if rel.size and int(rel.min()) < 0:
-        raise AssertionError("base_view must start at the lowest chunk address")
-    g = int(np.gcd.reduce(np.unique(rel), initial=row))
-    if g % itemsize:
-        raise CorruptFileError(
-            f"field {name!r}: the shards' values are not aligned to {itemsize} bytes; a gather needs aligned rows; "
-            "fix: write the shards again with pyarrow or np.save (both align buffers)",
-            field=name,
-        )
-    step = row // g
-    rows = rel // g + within * step
-    span = int(rows.max()) + 1 if n else 1
-    inner = tuple(itemsize * math.prod(dims[i + 1 :]) for i in range(len(dims)))
-    flat = base_view.reshape(-1)
-    source = np.lib.stride_tricks.as_strided(flat, shape=(span, *dims), strides=(g, *inner))
-    return take_rows(torch.from_numpy(source), torch.from_numpy(rows), allocation)
 
 
 def check_same(where: str, field: str, expected: object, found: object) -> None:

@@ -28,7 +28,8 @@ from zcopy_data._dtypes import to_torch_dtype
 from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, identity_of
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
-from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_view, column_spec
+from zcopy_data.datasets._arrow_bools import BOOLS, BoolColumn
+from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_view, column_spec, dictionary_of
 from zcopy_data.datasets._arrow_shards import ArrowShards, check_schemas, scan_shard
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
@@ -159,10 +160,10 @@ def _chunks(
 
 
 def _open_shard(
-    path: str, identity: FileIdentity, *, columns: list[str], copy: bool, strings: str
+    path: str, identity: FileIdentity, *, columns: list[str], copy: bool, strings: str, bools: str
 ) -> ArrowDataset:
     """One shard of a sharded ``ArrowDataset``: a one-file dataset over the file it was scanned as."""
-    return ArrowDataset(path, columns, copy=copy, strings=strings, _identity=identity)
+    return ArrowDataset(path, columns, copy=copy, strings=strings, bools=bools, _identity=identity)
 
 
 class ArrowDataset(ZeroCopyDataset):
@@ -179,6 +180,8 @@ class ArrowDataset(ZeroCopyDataset):
         copy: copy contiguous batches too (counted), so in-place ops never reach the mapping.
         strings: ``"list"`` serves string columns as Python lists of ``str`` (copies, counted in
             the ledger; not part of ``schema``); default ``"error"`` refuses them.
+        bools: ``"unpack"`` unpacks bit-packed bool columns into ``torch.bool`` batches (a copy,
+            counted, contiguous batches too); default ``"error"`` refuses them.
         max_open: shards mapped at once (each holds a file descriptor); older ones are unmapped
             once no batch views them.
 
@@ -205,16 +208,21 @@ class ArrowDataset(ZeroCopyDataset):
         *,
         copy: bool = False,
         strings: str = "error",
+        bools: str = "error",
         max_open: int = DEFAULT_MAX_OPEN,
         _identity: FileIdentity | None = None,
     ):
         if strings not in STRINGS:
             raise ValueError(f"{strings=} should be one of {STRINGS}")
+        if bools not in BOOLS:
+            raise ValueError(f"{bools=} should be one of {BOOLS}")
         files, found_as = arrow_shard_files(path) if _identity is None else ([os.fspath(path)], "file")  # type: ignore[arg-type]
         self.path = files[0] if len(files) == 1 else _describe(path)
         self.paths = files
         self.copy = copy
         self.strings = strings
+        self.bools = bools
+        self.categories: dict[str, tuple[Any, ...]] = {}  # dictionary columns: their dictionaries
         self._selected = None if columns is None else list(columns)
         self.origin = "IPC file"
         self.source = self.path
@@ -299,15 +307,20 @@ class ArrowDataset(ZeroCopyDataset):
                 field=(missing or [None])[0],
             )
         check_schemas(infos, wanted)
-        text = [n for n in wanted if self.strings == "list" and is_string_type(infos[0].schema.field(n).type)]
-        opener = partial(_open_shard, columns=list(wanted), copy=self.copy, strings=self.strings)
-        shards = ArrowShards(infos, opener, [n for n in wanted if n not in text], max_open)
+        first_schema = infos[0].schema
+        text = [n for n in wanted if self.strings == "list" and is_string_type(first_schema.field(n).type)]
+        bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(first_schema.field(n).type)]
+        opener = partial(_open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools)
+        shards = ArrowShards(infos, opener, [n for n in wanted if n not in text and n not in bits], max_open)
         first = next((s for s, info in enumerate(infos) if sum(info.batch_rows)), 0)
         reader = shards.shard(first)
         shards.expected = reader.schema
         self._shards = shards
         self._text: dict[str, StringColumn] = dict(reader._text)
         self._text_names = list(self._text)
+        self._bools: dict[str, BoolColumn] = {}
+        self._bool_names = bits
+        self.categories = {n: max((i.dictionaries.get(n, ()) for i in infos), key=len) for n in reader.categories}
         self._order = list(wanted)
         self._n = len(shards)
         self.num_record_batches = sum(len(i.batch_rows) for i in infos)
@@ -329,7 +342,8 @@ class ArrowDataset(ZeroCopyDataset):
         if len(set(wanted)) != len(wanted):
             raise SchemaError(f"{self.path!r}: columns {wanted} name a column twice")
         text = [n for n in wanted if self.strings == "list" and is_string_type(schema.field(n).type)]
-        specs = [column_spec(n, schema.field(n).type) for n in wanted if n not in text]
+        bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(schema.field(n).type)]
+        specs = [column_spec(n, schema.field(n).type) for n in wanted if n not in text and n not in bits]
         _check_byte_order(self.path, mapped, batches)
         numbered = [(i, b) for i, b in enumerate(batches) if b.num_rows]  # empty record batches hold no rows
         starts = np.zeros(len(numbered) + 1, dtype=np.int64)
@@ -341,6 +355,15 @@ class ArrowDataset(ZeroCopyDataset):
             fields[spec.name] = Field(to_torch_dtype(spec.dtype), shape)
         self._text = {n: StringColumn(n, numbered, schema.field(n).type) for n in text}
         self._text_names = list(self._text)
+        self._bools = {n: BoolColumn(n, numbered, repr(self.path)) for n in bits}
+        self._bool_names = bits
+        fields.update((n, Field(torch.bool, ())) for n in bits)
+        fields = {n: fields[n] for n in wanted if n in fields}
+        self.categories = {
+            spec.name: dictionary_of(spec.name, [b.column(spec.name) for _, b in numbered], repr(self.path))
+            for spec in specs
+            if pa.types.is_dictionary(schema.field(spec.name).type)
+        }
         self._order = list(wanted)
         self._mapped = mapped
         self._views = views
@@ -365,8 +388,8 @@ class ArrowDataset(ZeroCopyDataset):
         storage = torch.from_numpy(self._mapped).untyped_storage()
         base, size = self._mapped.ctypes.data, self._mapped.size
         out = {}
-        for name, field in self.schema.items():
-            chunks = self._views[name]
+        for name, chunks in self._views.items():
+            field = self.schema[name]
             dims = tuple(d or 0 for d in field.shape)  # always fixed here
             itemsize = chunks[0].itemsize if chunks else 1
             row = itemsize * math.prod(dims)
@@ -414,8 +437,8 @@ class ArrowDataset(ZeroCopyDataset):
             check_unchanged(self.path, self._identity)
 
     def batch_is_view(self, run: Run | None) -> bool:
-        """A contiguous run inside one record batch, with no string column, is a view."""
-        if run is None or self.copy or self._text or run[0] >= run[1]:
+        """A contiguous run inside one record batch, with no string or bool column, is a view."""
+        if run is None or self.copy or self._text or self._bool_names or run[0] >= run[1]:
             return False
         if self._shards is not None:
             c, _ = self._shards.table.chunk_of(run[0])
@@ -435,8 +458,9 @@ class ArrowDataset(ZeroCopyDataset):
         if self._shards is not None:
             return self._shards.item(i)
         c, k = self._locate(i)
-        out = {name: chunks[c][k] for name, chunks in self._views.items()}
+        out: dict[str, Any] = {name: chunks[c][k] for name, chunks in self._views.items()}
         out.update((name, col.item(i)) for name, col in self._text.items())
+        out.update((name, col.item(i)) for name, col in self._bools.items())
         return {name: out[name] for name in self._order}
 
     def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
@@ -446,11 +470,13 @@ class ArrowDataset(ZeroCopyDataset):
             out = self._gather_shards(indices, run, allocation)
             if self._text:
                 out.update((n, self._shards.take_text(n, indices, self.origin)) for n in self._text)
+            out.update((n, self._shards.take_bools(n, indices, allocation, self.origin)) for n in self._bool_names)
         else:
             out = self._gather_tensors(indices, run, allocation)
             if self._text:
                 out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
-        return {name: out[name] for name in self._order} if self._text else out
+            out.update((n, col.take(indices, allocation, self.origin)) for n, col in self._bools.items())
+        return {name: out[name] for name in self._order} if self._text or self._bools else out
 
     def _gather_shards(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         shards = self._shards
@@ -461,9 +487,10 @@ class ArrowDataset(ZeroCopyDataset):
             found = shards.view_chunk(run)
             if found is not None:
                 reader, c, k = found
-                why = f"view: indices contiguous in one record batch of one shard ({self.origin})"
+                shard = os.path.basename(reader.path)
+                why = f"view: indices contiguous in one record batch of shard {shard!r} ({self.origin})"
                 out = {}
-                for name in self.schema:
+                for name in reader._views:
                     t = torch.from_numpy(reader._views[name][c][k : k + run[1] - run[0]])
                     record(COLLATE, name, why, viewed=nbytes(t))
                     out[name] = t
@@ -509,7 +536,7 @@ class ArrowDataset(ZeroCopyDataset):
     # -- pickling: workers map the file themselves ----------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("_mapped", "_views", "_sources", "_starts", "_text"):
+        for key in ("_mapped", "_views", "_sources", "_starts", "_text", "_bools"):
             state.pop(key, None)
         return state
 
@@ -519,6 +546,7 @@ class ArrowDataset(ZeroCopyDataset):
         if self._shards is not None:
             # shards are mapped on first use, each checked against the file it was scanned as
             self._text = dict.fromkeys(self._text_names)  # type: ignore[assignment]
+            self._bools = {}
             return
         try:
             self._open()

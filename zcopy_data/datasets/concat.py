@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset
 
 from zcopy_data._requests import Indices, Run, as_index, contiguous_run
 from zcopy_data._storage import nbytes
-from zcopy_data.datasets._shards import span_gather
+from zcopy_data.datasets._shard_gather import span_gather
 from zcopy_data.datasets.base import ZeroCopyDataset
 from zcopy_data.errors import SampleIndexError, SchemaError
 from zcopy_data.ledger import COLLATE, record

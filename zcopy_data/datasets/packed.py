@@ -115,6 +115,12 @@ class PackedDataset(ZeroCopyDataset):
                 f"PackedDataset: tokens must be a 1-D integer array, found {tokens.dtype} {tuple(tokens.shape)}"
             )
         off = check_offsets(np.asarray(offsets), int(tokens.shape[0]), "tokens")
+        low, high = (int(torch.iinfo(tokens.dtype).min), int(torch.iinfo(tokens.dtype).max))
+        if not low <= int(pad_id) <= high:
+            raise SchemaError(
+                f"PackedDataset: pad_id={pad_id} is not a {tokens.dtype} token ({low}..{high}); choose one the "
+                "tokens' dtype holds"
+            )
         self.seq_len, self.method, self.seed, self.pad_id = seq_len, method, seed, int(pad_id)
         self._tokens = tokens
         starts, lengths = _pieces(off[:-1], off[1:] - off[:-1], seq_len)
