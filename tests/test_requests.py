@@ -34,3 +34,14 @@ def test_a_request_resolves_negative_indices_and_is_a_lazy_sequence() -> None:
     assert int(request[1]["x"]) == 8  # default_collate can read it sample by sample
     with pytest.raises(SampleIndexError, match=r"index 10 \(position 0 in the batch\) is out of range"):
         ds.__getitems__([10]).resolve()
+
+
+@pytest.mark.parametrize("bad", [10, -11, 2**40])
+def test_a_scattered_int64_batch_is_range_checked_in_one_pass(bad: int) -> None:
+    ds = NumpyDataset({"x": np.arange(10, dtype=np.int64)})
+    idx, run = ds.__getitems__(np.array([4, 0, 7, 2], dtype=np.int64)).resolve()
+    assert idx.tolist() == [4, 0, 7, 2] and run is None
+    idx, run = ds.__getitems__(np.array([4, -1, 7], dtype=np.int64)).resolve()  # a negative: the full check
+    assert idx.tolist() == [4, 9, 7] and run is None
+    with pytest.raises(SampleIndexError, match=rf"index {bad} \(position 2 in the batch\) is out of range"):
+        ds.__getitems__(np.array([4, 0, bad, 2], dtype=np.int64)).resolve()

@@ -24,6 +24,9 @@ __all__ = ["BatchRequest", "Indices", "Run", "SampleBatch", "as_index", "contigu
 Indices = np.ndarray[Any, np.dtype[np.int64]]
 Run = tuple[int, int]
 
+_max = np.maximum.reduce
+_INT64 = np.dtype(np.int64)  # compared by identity first: the dtype NumPy and torch arrays share
+
 
 class BatchSource(Protocol):
     """What a request needs of its dataset."""
@@ -68,9 +71,15 @@ class BatchRequest(Sequence[Any]):
     def resolve(self) -> tuple[np.ndarray[Any, np.dtype[np.int64]], tuple[int, int] | None]:
         """The indices as int64 (negatives resolved, range checked once for the whole batch),
         and ``(start, stop)`` when they are one contiguous ascending run."""
-        if self._resolved is None:
-            self._resolved = self._resolve()
-        return self._resolved
+        resolved = self._resolved
+        if resolved is None:
+            given: Any = self.indices
+            if type(given) is np.ndarray and given.dtype is _INT64 and given.ndim == 1:
+                resolved = self._check(given)  # index batches of ZeroCopyDataLoader's samplers
+            else:
+                resolved = self._resolve()
+            self._resolved = resolved
+        return resolved
 
     def is_view(self) -> bool:
         """Whether this batch will be a view of the source (no copy)."""
@@ -115,8 +124,11 @@ class BatchRequest(Sequence[Any]):
         if k == 0:
             return idx, None
         first, last = int(idx[0]), int(idx[-1])
-        if 0 <= first and last < n and last - first == k - 1 and (k == 1 or bool((np.diff(idx) == 1).all())):
-            return idx, (first, last + 1)  # the common sequential case: no min/max pass
+        if last - first == k - 1:
+            if 0 <= first and last < n and (k == 1 or bool((np.diff(idx) == 1).all())):
+                return idx, (first, last + 1)  # the common sequential case: no min/max pass
+        elif int(_max(idx.view(np.uint64))) < n:
+            return idx, None  # one pass: read as unsigned, a negative index is above every length
         lo, hi = int(idx.min()), int(idx.max())
         if lo < -n or hi >= n:
             pos = int(np.flatnonzero((idx < -n) | (idx >= n))[0])

@@ -8,7 +8,7 @@ process-wide :data:`LEDGER` and to every open :func:`capture`, which is how
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ __all__ = [
     "LedgerRow",
     "capture",
     "record",
+    "record_all",
 ]
 
 # The stages of a batch's path, in order: the only stage names records use.
@@ -63,28 +64,43 @@ class CopyLedger:
     """
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, str, str], LedgerRow] = {}
+        # (stage, field, reason) -> [events, bytes viewed, bytes copied]: the rows, kept as small
+        # lists so that a record is one dict lookup and three integer additions
+        self._totals: dict[tuple[str, str, str], list[int]] = {}
         self._lock = threading.Lock()
         self.batches = 0
 
     def add(self, stage: str, field: str, reason: str, viewed: int = 0, copied: int = 0) -> None:
-        key = (stage, field, reason)
+        self._add((stage, field, reason), viewed, copied)
+
+    def _add(self, key: tuple[str, str, str], viewed: int, copied: int) -> None:
         with self._lock:
-            row = self._rows.get(key)
-            if row is None:
-                row = self._rows[key] = LedgerRow(stage, field, reason)
-            row.events += 1
-            row.bytes_viewed += viewed
-            row.bytes_copied += copied
+            totals = self._totals.get(key)
+            if totals is None:
+                self._totals[key] = [1, viewed, copied]
+            else:
+                totals[0] += 1
+                totals[1] += viewed
+                totals[2] += copied
 
     def extend(self, records: Iterable[Record]) -> None:
-        for stage, field, reason, viewed, copied in records:
-            self.add(stage, field, reason, viewed, copied)
+        batch = list(records)  # drawn before the lock: a generator may record itself
+        with self._lock:
+            rows = self._totals
+            for stage, field, reason, viewed, copied in batch:
+                key = (stage, field, reason)
+                totals = rows.get(key)
+                if totals is None:
+                    rows[key] = [1, viewed, copied]
+                else:
+                    totals[0] += 1
+                    totals[1] += viewed
+                    totals[2] += copied
 
     @property
     def rows(self) -> list[LedgerRow]:
         with self._lock:
-            return [LedgerRow(**vars(r)) for r in self._rows.values()]
+            return [LedgerRow(s, f, r, e, v, c) for (s, f, r), (e, v, c) in self._totals.items()]
 
     @property
     def bytes_copied(self) -> int:
@@ -100,7 +116,7 @@ class CopyLedger:
 
     def reset(self) -> None:
         with self._lock:
-            self._rows.clear()
+            self._totals.clear()
             self.batches = 0
 
     def __str__(self) -> str:
@@ -134,27 +150,46 @@ LEDGER = CopyLedger()
 """This process's ledger since start (or the last ``LEDGER.reset()``)."""
 
 _local = threading.local()
+_open_captures = 0  # captures open in any thread: while none is, a record looks for none
+_captures_lock = threading.Lock()
 
 
 def record(stage: str, field: str, reason: str, *, viewed: int = 0, copied: int = 0) -> None:
     """Count one stage's work on one field of one batch."""
-    LEDGER.add(stage, field, reason, viewed, copied)
-    captures: list[list[Record]] | None = getattr(_local, "captures", None)
-    if captures:
-        rec = (stage, field, reason, viewed, copied)
-        for sink in captures:
-            sink.append(rec)
+    LEDGER._add((stage, field, reason), viewed, copied)
+    if _open_captures:
+        captures: list[list[Record]] | None = getattr(_local, "captures", None)
+        if captures:
+            rec = (stage, field, reason, viewed, copied)
+            for sink in captures:
+                sink.append(rec)
+
+
+def record_all(records: Sequence[Record]) -> None:
+    """:func:`record` for each of ``records`` ``(stage, field, reason, viewed, copied)``, in order."""
+    LEDGER.extend(records)
+    if _open_captures:
+        captures: list[list[Record]] | None = getattr(_local, "captures", None)
+        if captures:
+            for sink in captures:
+                sink.extend(records)
 
 
 @contextmanager
 def capture() -> Iterator[list[Record]]:
     """Collect the records made by this thread inside the block."""
+    global _open_captures
     sink: list[Record] = []
     captures = getattr(_local, "captures", None)
     if captures is None:
         captures = _local.captures = []
     captures.append(sink)
+    with _captures_lock:
+        _open_captures += 1
     try:
         yield sink
     finally:
-        captures.remove(sink)
+        with _captures_lock:
+            _open_captures -= 1
+        # by identity: list.remove compares by value, and nested sinks may hold equal records
+        del captures[next(i for i, c in enumerate(captures) if c is sink)]

@@ -249,11 +249,10 @@ def _is_zero_copy_collate(fn: Any) -> bool:
     return False
 
 
-def _profiling() -> bool:
-    # Not public: torch.autograd._profiler_enabled tells whether a profiler records. DataLoader's
-    # iterator labels each batch "enumerate(DataLoader)#...__next__" under a profiler; we do the
-    # same, and skip record_function's ~6 us per batch otherwise. tests/test_loader.py checks it.
-    return bool(torch.autograd._profiler_enabled())  # type: ignore[attr-defined]
+# Not public: torch.autograd._profiler_enabled tells whether a profiler records. DataLoader's
+# iterator labels each batch "enumerate(DataLoader)#...__next__" under a profiler; we do the
+# same, and skip record_function's ~6 us per batch otherwise. tests/test_torch_private.py checks it.
+_profiling: Callable[[], bool] = torch.autograd._profiler_enabled  # type: ignore[attr-defined]
 
 
 def _draw_base_seed(loader: DataLoader[Any]) -> int:
@@ -297,7 +296,8 @@ class _Batches(Iterator[Any]):
         if _profiling():
             with torch.autograd.profiler.record_function(self._name):
                 return self._next()
-        return self._next()
+        data = self._fetch(next(self._indices))  # _next, inlined: this runs once per batch
+        return _pin(data) if self._pin else data
 
     def _next(self) -> Any:
         data = self._fetch(next(self._indices))
@@ -369,9 +369,20 @@ def _fetcher(loader: DataLoader[Any], allocation: Allocation) -> Callable[[Any],
     if loader.batch_sampler is None:
         return lambda index: collate(dataset[index])
     getitems = getattr(dataset, "__getitems__", None)
+    if getitems and loader.collate_fn is zero_copy_collate:
+        return functools.partial(_request_and_build, getitems, allocation)
     if getitems:
         return lambda index: collate(getitems(index))
     return lambda index: collate([dataset[i] for i in index])
+
+
+def _request_and_build(getitems: Callable[[Any], Any], allocation: Allocation, index: Any) -> Any:
+    """``zero_copy_collate(getitems(index), allocation=allocation)``, one call fewer per batch."""
+    request = getitems(index)
+    if type(request) is BatchRequest:
+        idx, run = request.resolve()
+        return request.dataset.build_batch(idx, run, allocation)  # type: ignore[attr-defined]
+    return zero_copy_collate(request, allocation=allocation)
 
 
 class _Failed:

@@ -382,13 +382,13 @@ class _Counted(Iterator[Any]):
         return len(self._it)  # type: ignore[arg-type]
 
     def __next__(self) -> Any:
+        progress = self._progress
         try:
             batch = next(self._it)
         except StopIteration:
-            self._progress.in_epoch = False
+            progress.in_epoch = False
             raise
-        progress = self._progress
-        progress.done += 1
-        if progress.done == progress._offset + 1 and progress._sampler is not None:
+        done = progress.done = progress.done + 1
+        if done == progress._offset + 1 and progress._sampler is not None:
             _mark_used(progress._sampler)  # this epoch's order is used: the next one needs another
         return batch

@@ -152,3 +152,46 @@ def test_unpinned_batches_are_staged_into_exact_pool_slots():
     odd = {"image": torch.zeros((8, 3, 3, 3), dtype=torch.uint8), "label": torch.arange(8)}
     staged, slot = pf._stage(odd)  # does not fit the slots: left as it is (its copy will be synchronous)
     assert slot is None and staged is odd
+
+
+def _walked(batch: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str, str, int, int]], dict[str, torch.Tensor]]:
+    """The CPU stage's records and output for ``batch``, through the general walk (a subclass of
+    dict is not the flat fast path) and through the flat one."""
+
+    class Batch(dict):  # type: ignore[type-arg]
+        pass
+
+    out = {}
+    recs = []
+    for b in (Batch(batch), dict(batch)):
+        pf = DevicePrefetcher([b], "cpu", cast={"image": torch.float32, "label": torch.int64})
+        with capture() as records:
+            (got,) = list(pf)
+        recs.append(records)
+        out[type(b).__name__] = got
+    assert recs[0] == recs[1]  # the same records, in the same order
+    assert type(out["Batch"]) is Batch and type(out["dict"]) is dict  # each keeps its type
+    return recs[1], out["dict"]
+
+
+def test_the_flat_cpu_stage_records_and_casts_as_the_general_walk() -> None:
+    batch = {"image": torch.arange(24, dtype=torch.uint8).view(2, 3, 2, 2), "label": torch.tensor([3, 4])}
+    records, got = _walked(batch)
+    assert [r[0] for r in records] == ["pin", "pin", "host->device", "host->device", "cast", "cast"]
+    assert records[4] == ("cast", "image", "uint8 -> float32 on cpu", 0, 24 * 4)
+    assert records[5] == ("cast", "label", "already int64: nothing to do", 16, 0)
+    assert torch.equal(got["image"], batch["image"].float()) and got["label"] is batch["label"]
+
+
+def test_cpu_cast_outputs_are_reused_only_once_nothing_holds_them() -> None:
+    loader = DataLoader(_dataset(64), batch_size=8, collate_fn=zero_copy_collate)
+    pf = DevicePrefetcher(loader, "cpu", depth=1, cast={"image": torch.float32})
+    held = list(pf)  # every batch held: eight distinct buffers, each the loader's batch cast
+    assert len({b["image"].data_ptr() for b in held}) == 8
+    for b, ref in zip(held, loader, strict=True):
+        assert torch.equal(b["image"], ref["image"].float()) and b["image"].is_contiguous()
+    ptrs = [b["image"].data_ptr() for b in pf]  # none held: a few buffers, reused
+    assert len(set(ptrs)) < 8
+    strided = {"image": torch.zeros(3, 4, dtype=torch.uint8).t()}
+    (out,) = list(DevicePrefetcher([strided], "cpu", cast={"image": torch.float32}))
+    assert out["image"].stride() == strided["image"].float().stride()  # as .to(): strides kept

@@ -26,24 +26,33 @@ from zcopy_data._storage import use_count
 
 __all__ = ["Key", "Reusable", "ReusePool"]
 
+# what use_count asks, on a storage's raw handle (tests/test_storage.py checks the name)
+_use_count = torch._C._storage_Use_Count
+
 Key = tuple[tuple[int, ...], torch.dtype]
 
 
 class Reusable:
     """The reuse state of one buffer: its storages' baselines and the copy event still pending."""
 
-    __slots__ = ("_baselines", "_event", "_storages")
+    __slots__ = ("_baseline", "_baselines", "_event", "_handle", "_handles", "_storages")
 
     def __init__(self, tensors: Sequence[torch.Tensor | torch.UntypedStorage]) -> None:
         self._storages = [t.untyped_storage() if isinstance(t, torch.Tensor) else t for t in tensors]
         self._baselines = [use_count(s) for s in self._storages]
+        # the storages' raw handles, valid while ``_storages`` holds them; a lone storage's apart
+        self._handles = [s._cdata for s in self._storages]
+        self._handle: int | None = self._handles[0] if len(self._handles) == 1 else None
+        self._baseline = self._baselines[0] if len(self._baselines) == 1 else 0
         self._event: Any = None
 
     def referenced(self) -> bool:
         """True while a tensor, view or array other than the pool's own references the buffer."""
-        # a plain loop: this runs for every buffer a pool looks at, once per batch and field
-        for s, b in zip(self._storages, self._baselines, strict=True):
-            if use_count(s) != b:
+        # plain code on raw handles: this runs for every buffer a pool looks at, per batch and field
+        if self._handle is not None:
+            return bool(_use_count(self._handle) != self._baseline)
+        for h, b in zip(self._handles, self._baselines, strict=True):
+            if _use_count(h) != b:
                 return True
         return False
 
@@ -67,12 +76,11 @@ class Reusable:
 
     def is_free(self) -> bool:
         """Nothing references the buffer and no copy reads it: it may be written again."""
-        return (self._event is None or not self.copying()) and not self.referenced()
-
-
-def _alias(buf: torch.Tensor) -> torch.Tensor:
-    """A new tensor over ``buf``'s storage (one more reference to it); ``detach`` is the cheapest."""
-    return buf.detach()
+        if self._event is not None and self.copying():
+            return False
+        if self._handle is not None:
+            return bool(_use_count(self._handle) == self._baseline)
+        return not self.referenced()
 
 
 class ReusePool:
@@ -101,7 +109,7 @@ class ReusePool:
         self._bufs: OrderedDict[Key, list[tuple[torch.Tensor, Reusable]]] = OrderedDict()
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        key = (tuple(shape), dtype)
+        key = (shape if type(shape) is tuple else tuple(shape), dtype)
         with self._lock:
             bufs = self._bufs.get(key)
             if bufs is None:
@@ -112,12 +120,12 @@ class ReusePool:
                 self._bufs.move_to_end(key)
             for buf, state in bufs:
                 if state.is_free():
-                    return _alias(buf)
+                    return buf.detach()  # a new tensor over the buffer: one more reference to it
             if len(bufs) >= self.per_key:
                 return self.make(key[0], dtype) if self.overflow else None
             buf = self.make(key[0], dtype)
             bufs.append((buf, Reusable([buf])))
-            return _alias(buf)
+            return buf.detach()
 
     @property
     def nbytes(self) -> int:

@@ -28,7 +28,8 @@ from zcopy_data._dtypes import dtype_name, to_torch_dtype
 from zcopy_data._storage import nbytes
 from zcopy_data._tree import leaves, map_tensors
 from zcopy_data.errors import DtypeDriftError, SchemaError
-from zcopy_data.ledger import CAST, record
+from zcopy_data.ledger import CAST, Record, record
+from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Field, Schema
 
 __all__ = ["Cast", "CastMap", "DeviceCast", "validate_cast"]
@@ -209,6 +210,8 @@ class DeviceCast(Mapping[str, Cast]):
             )
         self._casts: dict[str, Cast] = casts
         self._checked: Schema | None = None
+        # the ledger's reason per (field, source dtype, device type, nothing to do): built once
+        self._reasons: dict[tuple[str, torch.dtype, str, bool], str] = {}
         if schema is not None:
             self.check(schema)
 
@@ -263,15 +266,61 @@ class DeviceCast(Mapping[str, Cast]):
         casts = self._casts
         return map_tensors(batch, lambda name, t: self.apply(name, t) if name in casts else t)
 
+    def cast_fields(
+        self,
+        batch: dict[str, torch.Tensor],
+        device_type: str,
+        records: list[Record],
+        allocation: Allocation | None = None,
+    ) -> None:
+        """``self(batch)`` for a flat dict of tensors on ``device_type`` that the caller owns:
+        the same casts, written into ``batch``, their ledger records appended to ``records``
+        (for the caller to record, with its own, in one call). ``allocation``: where plain casts
+        of contiguous host tensors write (reused buffers), instead of a fresh tensor each."""
+        casts = self._casts
+        if not casts:
+            return
+        if self._checked is None:
+            self.check_batch(batch)
+        reasons = self._reasons
+        for name, t in batch.items():  # replacing values while iterating: the keys stay the same
+            cast = casts.get(name)
+            if cast is None:
+                continue
+            out = cast_tensor(t, cast, allocation)
+            same = out is t
+            key = (name, t.dtype, device_type, same)
+            reason = reasons.get(key) or self._reason(key, cast)
+            records.append((CAST, name, reason, out.nbytes, 0) if same else (CAST, name, reason, 0, out.nbytes))
+            batch[name] = out
+
+    def _reason(self, key: tuple[str, torch.dtype, str, bool], cast: Cast) -> str:
+        _, dtype, device_type, same = key
+        reason = f"already {cast}: nothing to do" if same else f"{dtype_name(dtype)} -> {cast} on {device_type}"
+        self._reasons[key] = reason
+        return reason
+
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Cast one field's tensor (on its own device), counted in the ledger."""
+        return self.apply_on(name, t, t.device.type)
+
+    def apply_on(self, name: str, t: torch.Tensor, device_type: str) -> torch.Tensor:
+        """:meth:`apply` for a tensor the caller knows to be on a ``device_type`` device."""
         cast = self._casts[name]
         out = cast_tensor(t, cast)
-        if out is t:
-            record(CAST, name, f"already {cast}: nothing to do", viewed=nbytes(t))
+        same = out is t
+        key = (name, t.dtype, device_type, same)
+        reason = self._reasons.get(key) or self._reason(key, cast)
+        if same:
+            record(CAST, name, reason, viewed=nbytes(t))
         else:
-            record(CAST, name, f"{dtype_name(t.dtype)} -> {cast} on {t.device.type}", copied=nbytes(out))
+            record(CAST, name, reason, copied=nbytes(out))
         return out
+
+    @property
+    def is_checked(self) -> bool:
+        """True once the map was checked against a schema or a first batch."""
+        return self._checked is not None
 
     # -- mapping protocol ----------------------------------------------------------------
     def __getitem__(self, name: str) -> Cast:
@@ -287,13 +336,18 @@ class DeviceCast(Mapping[str, Cast]):
         return "DeviceCast({" + ", ".join(f"{k!r}: {v}" for k, v in self._casts.items()) + "})"
 
 
-def cast_tensor(t: torch.Tensor, cast: Cast) -> torch.Tensor:
+def cast_tensor(t: torch.Tensor, cast: Cast, allocation: Allocation | None = None) -> torch.Tensor:
     """``t`` as ``cast.dtype``, normalised as ``(t * scale - mean) / std`` in one affine pass.
 
     Never writes to ``t``; returns ``t`` itself only for a plain cast to the dtype it already has.
+    A plain cast of a contiguous tensor that needs no gradient is written into a buffer of
+    ``allocation`` when one is given: the values, dtype and contiguity of ``t.to(dtype)``.
     """
     if not cast.normalises:
-        return t.to(cast.dtype)
+        if allocation is None or t.dtype == cast.dtype or t.requires_grad or not t.is_contiguous():
+            return t.to(cast.dtype)
+        out = allocation(tuple(t.shape), cast.dtype)
+        return out.copy_(t)
     a, b = _affine(cast, t.device, t.dim())
     out = t.to(a.dtype) * a  # a new tensor even when t already has the working dtype
     out.add_(b)

@@ -27,10 +27,10 @@ import torch
 
 from zcopy_data._storage import nbytes
 from zcopy_data._tree import leaves, map_tensors
-from zcopy_data.ledger import PIN, TRANSFER, record
+from zcopy_data.ledger import PIN, TRANSFER, record, record_all
 from zcopy_data.memory.inflight import hold_until
 from zcopy_data.memory.pinned import PinnedBufferPool, PinnedSlot
-from zcopy_data.memory.policy import ExactPinnedAllocation
+from zcopy_data.memory.policy import ExactPinnedAllocation, HostAllocation
 from zcopy_data.schema import Schema, schema_of
 from zcopy_data.transfer._streams import on_stream, resolve_device, side_stream
 from zcopy_data.transfer.cast import CastMap, DeviceCast
@@ -105,22 +105,25 @@ class _Transfer:
         return self.batch
 
 
-class _Ready:
-    """A batch that needs no transfer (``device="cpu"``)."""
-
-    def __init__(self, batch: Any) -> None:
-        self.batch = batch
-
-    def handoff(self) -> Any:
-        return self.batch
+_NO_PIN = "skipped: no accelerator to pin for"
+_ON_CPU = "skipped: target device is cpu"
 
 
 def _to_cpu(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
-        record(TRANSFER, name, "skipped: target device is cpu", viewed=nbytes(t))
+        record(TRANSFER, name, _ON_CPU, viewed=nbytes(t))
         return t
     record(TRANSFER, name, f"from {t.device} to cpu", copied=nbytes(t))
     return t.to("cpu")
+
+
+def _flat_cpu(batch: dict[Any, Any]) -> bool:
+    """Whether ``batch`` is a flat dict of CPU tensors under str keys: the CPU stage's walks then
+    reduce to one loop."""
+    for name, t in batch.items():
+        if type(name) is not str or type(t) is not torch.Tensor or not t.is_cpu:
+            return False
+    return True
 
 
 def to_device(
@@ -207,6 +210,9 @@ class DevicePrefetcher:
         self.pin = pin
         self.pool: PinnedBufferPool | None = None
         self.allocation: ExactPinnedAllocation | None = None  # exact pinned gathers, built on first use
+        # on cpu, the casts' outputs: reused once nothing holds them (the batches in flight, the
+        # one in use and the one before it), not a fresh buffer per batch for glibc to give back
+        self._cast_outputs: HostAllocation | None = None
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -233,10 +239,31 @@ class DevicePrefetcher:
         return track(batches) if track is not None and hasattr(self.loader, "host_batches") else batches
 
     def _batches(self) -> Iterator[Any]:
-        on_cpu = self.device.type == "cpu"
-        it = self._host_iter(on_cpu)
-        start = self._start_cpu if on_cpu else self._start_device
-        queue: deque[_Transfer | _Ready] = deque()
+        # generators: the loader's epoch begins at the first batch asked for, not at iter()
+        return self._cpu_batches() if self.device.type == "cpu" else self._device_batches()
+
+    def _cpu_batches(self) -> Iterator[Any]:
+        """``depth`` batches ahead, as on a device, each cast when it is pulled from the loader."""
+        it = self._host_iter(True)
+        start = self._start_cpu
+        queue: deque[Any] = deque()
+        for _ in range(self.depth):
+            try:
+                queue.append(start(next(it)))
+            except StopIteration:
+                break
+        while queue:
+            batch = queue.popleft()
+            try:
+                queue.append(start(next(it)))
+            except StopIteration:
+                pass
+            yield batch
+
+    def _device_batches(self) -> Iterator[Any]:
+        it = self._host_iter(False)
+        start = self._start_device
+        queue: deque[_Transfer] = deque()
         consumed: deque[torch.Event] = deque()  # consumer progress, one event per batch handed over
 
         def issue() -> bool:
@@ -252,20 +279,32 @@ class DevicePrefetcher:
                 break
         while queue:
             batch = queue.popleft().handoff()
-            if not on_cpu:
-                # The host may run ahead of the device by at most depth + 2 batches: beyond that,
-                # device memory and pinned buffers would pile up behind the consumer's stream.
-                consumed.append(torch.accelerator.current_stream(self.device).record_event())
-                while len(consumed) > self.depth + 1:
-                    consumed.popleft().synchronize()
+            # The host may run ahead of the device by at most depth + 2 batches: beyond that,
+            # device memory and pinned buffers would pile up behind the consumer's stream.
+            consumed.append(torch.accelerator.current_stream(self.device).record_event())
+            while len(consumed) > self.depth + 1:
+                consumed.popleft().synchronize()
             issue()
             yield batch
 
-    def _start_cpu(self, batch: Any) -> _Ready:
+    def _start_cpu(self, batch: Any) -> Any:
+        """The batch, cast: nothing is pinned or copied on ``cpu``, and the ledger says so."""
+        if type(batch) is dict and _flat_cpu(batch):
+            out = dict(batch)
+            sizes = [(name, t.nbytes) for name, t in out.items()]
+            # the records of the general walks, in their order: every pin, every transfer, the casts
+            records = [(PIN, n, _NO_PIN, b, 0) for n, b in sizes] + [(TRANSFER, n, _ON_CPU, b, 0) for n, b in sizes]
+            if self._cast_outputs is None:
+                self._cast_outputs = HostAllocation(per_shape=self.depth + 4)
+            try:
+                self.cast.cast_fields(out, "cpu", records, self._cast_outputs)
+            finally:  # a cast that fails leaves the work done before it counted, as the walks do
+                record_all(records)
+            return out
         for name, t in leaves(batch):
             if t.device.type == "cpu":
-                record(PIN, name, "skipped: no accelerator to pin for", viewed=nbytes(t))
-        return _Ready(self.cast(map_tensors(batch, _to_cpu)))
+                record(PIN, name, _NO_PIN, viewed=nbytes(t))
+        return self.cast(map_tensors(batch, _to_cpu))
 
     def _start_device(self, batch: Any) -> _Transfer:
         stream = side_stream(self.device)
