@@ -9,9 +9,12 @@
     │   ├── UnsupportedColumnError                a column with no zero-copy tensor (nulls, strings, ...)
     │   └── CorruptFileError                      unknown format, truncated or undecodable file
     ├── FileChangedError (RuntimeError)           a mapped file was replaced or rewritten under a dataset
+    ├── RemoteShardError (OSError)                a shard in object storage could not be listed or fetched
+    │   └── CacheFullError                        the local shard cache has no room for a shard
     ├── CopyRequiredError (ValueError)            honouring the request would need a hidden copy
     ├── SampleIndexError (IndexError)             an index outside the dataset
     ├── SharedMemoryExhaustedError (MemoryError)  a worker ran out of shared memory for batches
+    ├── DeviceMemoryError (MemoryError)           columns meant to live on a device do not fit its free memory
     └── PoolExhaustedError (RuntimeError)         every pinned buffer is still referenced
 
     SkippedFileWarning (UserWarning)              one per file left out under ``on_error="skip"``
@@ -27,12 +30,14 @@ import ast
 import re
 
 __all__ = [
+    "CacheFullError",
     "CopyRequiredError",
     "CorruptFileError",
     "DeviceMemoryError",
     "DtypeDriftError",
     "FileChangedError",
     "PoolExhaustedError",
+    "RemoteShardError",
     "ResumeStateError",
     "SampleIndexError",
     "SchemaError",
@@ -91,6 +96,14 @@ class CorruptFileError(SchemaError):
 
 class FileChangedError(ZeroCopyError, RuntimeError):
     """A file a dataset maps was replaced, truncated or rewritten after the dataset was built."""
+
+
+class RemoteShardError(ZeroCopyError, OSError):
+    """A shard in object storage could not be listed or downloaded; the message names its URL."""
+
+
+class CacheFullError(RemoteShardError):
+    """The local shard cache (its disk, or its ``cache_bytes`` budget) has no room for a shard."""
 
 
 class SharedMemoryExhaustedError(ZeroCopyError, MemoryError):

@@ -1,0 +1,75 @@
+"""Real processes on one cache folder: a download killed by SIGKILL never leaves a shard that is later
+mapped, and two processes fetching the same shards download each one once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.remote.servers import FaultProxy, child_env
+
+CHILD = """
+import json, sys
+from zcopy_data.remote import RemoteShards, RetryPolicy
+url, cache, shards = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+remote = RemoteShards(url, cache_dir=cache, retry=RetryPolicy(first_delay=0.01, max_delay=0.02))
+print(json.dumps([remote.fetch(i) for i in shards]), flush=True)
+"""
+
+
+def child(url: str, cache: Path, proxy: FaultProxy, shards: list[int]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, str(cache), json.dumps(shards)],
+        env=child_env(proxy.url),  # AWS_ENDPOINT_URL: what s3fs reads without storage_options
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+
+
+@pytest.mark.reliability
+def test_a_download_killed_mid_body_leaves_no_shard_and_the_next_process_gets_a_verified_one(
+    bucket_url: str, proxy: FaultProxy, shard_files: list[Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    key = bucket_url.removeprefix("s3://") + shard_files[1].name
+    proxy.fail(key, "hang")  # half the body, then nothing until released
+    first = child(bucket_url, cache, proxy, [1])
+    try:
+        assert proxy.hanging.wait(60), first.communicate(timeout=5)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)  # reaps it and closes its pipes
+    finally:
+        proxy.release()
+    assert first.returncode == -signal.SIGKILL
+    assert not [p for p in cache.iterdir() if not p.name.startswith(".")]  # nothing under a shard's name
+    second = child(bucket_url, cache, proxy, [1])
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    (path,) = json.loads(out)
+    assert Path(path).read_bytes() == shard_files[1].read_bytes()
+    assert not [p for p in cache.iterdir() if p.name.endswith(".partial")]  # the killed one's partial is gone
+
+
+@pytest.mark.reliability
+def test_two_processes_share_one_cache_and_download_each_shard_once(
+    bucket_url: str, proxy: FaultProxy, shard_files: list[Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    procs = [child(bucket_url, cache, proxy, [0, 1, 2, 3]), child(bucket_url, cache, proxy, [3, 2, 1, 0])]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(results[0]) == sorted(results[1])
+    for f in shard_files:
+        assert proxy.downloads(bucket_url.removeprefix("s3://") + f.name) == 1
+    for path, f in zip(results[0], shard_files, strict=True):
+        assert Path(path).read_bytes() == f.read_bytes()
