@@ -378,3 +378,20 @@ def test_inspect_describes_token_files(tmp_path: Path, bin_file: Path) -> None:
     assert "60 uint16 tokens in 6 documents" in format_report(report)
     raw = inspect_path(bin_file)
     assert raw.format.startswith("raw token file") and "5000 as uint16" in format_report(raw)
+
+
+@pytest.mark.reliability
+def test_a_fifo_is_refused_never_waited_on(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "train.bin"
+    os.mkfifo(fifo)
+    code = (
+        "import numpy as np\nfrom zcopy_data.datasets import TokenDataset\n"
+        f"try:\n    TokenDataset({str(fifo)!r}, 4, dtype=np.uint16)\n"
+        "except Exception as e:\n    print(type(e).__name__, e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "CorruptFileError" in out.stdout and "not a regular file" in out.stdout, out.stdout + out.stderr

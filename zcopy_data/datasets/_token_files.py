@@ -85,8 +85,9 @@ def open_tokens(source: Source, dtype: Any, known: dict[str, FileIdentity] | Non
         return TokenSource(tokens, "megatron", index.doc_starts, {bin_path: ident, idx_path: idx_ident})
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such token file {path!r}")
+    _regular(path)  # a FIFO, socket or device is refused before anything opens it for reading
     with open(path, "rb") as f:
-        is_npy = os.path.isfile(path) and f.read(6) == b"\x93NUMPY"
+        is_npy = f.read(6) == b"\x93NUMPY"
     if is_npy:
         arr, ident = load_npy(path, field=_FIELD, identity=known.get(path))
         if arr.ndim != 1:
