@@ -136,8 +136,8 @@ def to_device_resident(
     """
     if not isinstance(dataset, ZeroCopyDataset) or not dataset.is_columnar or dataset.gathers_batches:
         raise SchemaError(
-            f"to_device_resident needs a columnar ZeroCopyDataset (NumpyDataset, an ArrowDataset of one "
-            f"file, your columns() subclass), found {type(dataset).__name__}"
+            f"to_device_resident needs a columnar ZeroCopyDataset (a NumpyDataset, or your subclass with "
+            f"columns()), found {type(dataset).__name__}; write other sources into .npy columns first"
         )
     dev = resolve_device(device)
     dataset.check_sources()
