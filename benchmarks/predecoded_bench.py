@@ -15,8 +15,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from zcopy_bench.turns import forever, paired_rounds
 from zcopy_bench.verdict import classify, describe
 
 from zcopy_data import ZeroCopyDataLoader, write
@@ -40,25 +39,6 @@ def make_folder(root: str, count: int) -> None:
         base = np.stack([x * (1 + i % 3), y * (2 + i % 5), (x + y) * (1 + i % 7)], -1) % 256
         pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(root, f"class{i % 4}", f"{i:05d}.jpg"), quality=90)
-
-
-def _forever(loader: Any) -> Callable[[], Any]:
-    def batches() -> Iterator[Any]:
-        while True:
-            yield from loader
-
-    it = batches()
-    return lambda: next(it)
-
-
-def rate(get: Callable[[], Any], seconds: float) -> float:
-    held = get()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        held = get()
-        n += 1
-    del held
-    return n * BATCH / elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,15 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(ZeroCopyDataLoader(arrow, batch_size=4)))
         assert first["image"].dtype == torch.uint8
         assert tuple(first["image"].shape[1:]) == tuple(images[0]["image"].shape)
-        contenders = {
-            "decode each epoch": _forever(ZeroCopyDataLoader(images, batch_size=BATCH, shuffle=True)),
-            "pre-decoded shards": _forever(ZeroCopyDataLoader(arrow, batch_size=BATCH, shuffle=True)),
+        loaders = {
+            "decode each epoch": ZeroCopyDataLoader(images, batch_size=BATCH, shuffle=True),
+            "pre-decoded shards": ZeroCopyDataLoader(arrow, batch_size=BATCH, shuffle=True),
         }
+        contenders = {n: forever(lambda _epoch, loader=loader: loader) for n, loader in loaders.items()}
+        rounds = paired_rounds(contenders, args.rounds, args.seconds, BATCH)
         names = list(contenders)
-        rounds = []
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            rounds.append({n: rate(contenders[n], args.seconds) for n in order})
     medians = {n: float(np.median([rd[n] for rd in rounds])) for n in names}
     target = classify([rd["pre-decoded shards"] / rd["decode each epoch"] for rd in rounds], 10.0)
     target["name"] = "pre-decoded / decode each epoch >= 10"

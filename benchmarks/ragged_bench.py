@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from zcopy_bench.turns import forever, paired_rounds
 from zcopy_bench.verdict import classify, describe
 
 from zcopy_data import LazyShuffleSampler, NumpyDataset, Ragged, ZeroCopyDataLoader
@@ -46,25 +45,6 @@ def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {"tokens": pad_sequence(seqs, batch_first=True), "lengths": torch.tensor([len(s) for s in seqs])}
 
 
-def _forever(loader: Any) -> Callable[[], Any]:
-    def batches() -> Iterator[Any]:
-        while True:
-            yield from loader
-
-    it = batches()
-    return lambda: next(it)
-
-
-def rate(get: Callable[[], Any], seconds: float) -> float:
-    held = get()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        held = get()
-        n += 1
-    del held
-    return n * BATCH / elapsed
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=200_000)
@@ -77,19 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     lengths = rng.integers(1, 513, args.docs)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = rng.integers(0, 50000, int(offsets[-1]), dtype=np.int32)
-    contenders = {
-        "pad_sequence": _forever(
-            DataLoader(PerSample(values, offsets), batch_size=BATCH, shuffle=True, collate_fn=pad_collate)
-        )
+    loaders: dict[str, Any] = {
+        "pad_sequence": DataLoader(PerSample(values, offsets), batch_size=BATCH, shuffle=True, collate_fn=pad_collate)
     }
     for output in ("packed", "padded", "nested"):
         ds = NumpyDataset({"tokens": Ragged(values, offsets, output=output)})
-        contenders[output] = _forever(ZeroCopyDataLoader(ds, batch_sampler=LazyShuffleSampler(ds, BATCH, seed=0)))
+        loaders[output] = ZeroCopyDataLoader(ds, batch_sampler=LazyShuffleSampler(ds, BATCH, seed=0))
+    contenders = {n: forever(lambda _epoch, loader=loader: loader) for n, loader in loaders.items()}
+    rounds = paired_rounds(contenders, args.rounds, args.seconds, BATCH)
     names = list(contenders)
-    rounds = []
-    for r in range(args.rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        rounds.append({n: rate(contenders[n], args.seconds) for n in order})
     medians = {n: float(np.median([rd[n] for rd in rounds])) for n in names}
     print(f"{args.docs:,} documents of 1-512 int32 tokens, shuffled batches of {BATCH}, torch threads 1")
     for n in names:

@@ -28,8 +28,7 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from zcopy_bench.turns import forever, paired_rounds
 from zcopy_bench.verdict import classify, describe
 
 from zcopy_data import DevicePrefetcher, ZeroCopyDataLoader
@@ -72,18 +72,6 @@ def vectorised(path: str, seed: int) -> Callable[[], Any]:
     return get_batch
 
 
-def _forever(make: Callable[[int], Any]) -> Callable[[], Any]:
-    epoch = [0]
-
-    def batches() -> Iterator[Any]:
-        while True:
-            yield from make(epoch[0])
-            epoch[0] += 1
-
-    it = batches()
-    return lambda: next(it)
-
-
 def zcopy(path: str, seed: int, cast: bool) -> Callable[[], Any]:
     ds = TokenDataset(path, BLOCK, stride=1, dtype=np.uint16)
     sampler = LazyShuffleSampler(ds, BATCH, seed=seed)
@@ -95,18 +83,7 @@ def zcopy(path: str, seed: int, cast: bool) -> Callable[[], Any]:
             return DevicePrefetcher(loader, "cpu", cast={"input": torch.int64, "target": torch.int64})
         return loader
 
-    return _forever(epoch)
-
-
-def rate(get: Callable[[], Any], seconds: float) -> float:
-    """Windows per second over at least ``seconds`` (the previous batch is held, as a trainer does)."""
-    held = get()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        held = get()
-        n += 1
-    del held
-    return n * BATCH / elapsed
+    return forever(epoch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         first = contenders["zcopy"]()
         x, y = first["input"], first["target"]
         assert x.dtype == torch.uint16 and x.is_contiguous() and y.is_contiguous()
-        rounds: list[dict[str, float]] = []
+        rounds = paired_rounds(contenders, args.rounds, args.seconds, BATCH)
         names = list(contenders)
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else names[::-1]  # A B C D, D C B A, ...
-            rounds.append({name: rate(contenders[name], args.seconds) for name in order})
     medians = {n: float(np.median([rd[n] for rd in rounds])) for n in names}
     targets = {
         "zcopy / numpy >= 3": classify([rd["zcopy"] / rd["numpy"] for rd in rounds], 3.0),

@@ -52,3 +52,18 @@ def test_a_global_sampler_is_refused_with_the_fix(bucket_url: str, proxy: FaultP
     shards = RemoteShards(bucket_url, cache_dir=tmp_path / "cache", storage_options={"endpoint_url": proxy.url})
     with pytest.raises(ValueError, match=r"local=True"):
         remote_arrow_dataset(shards, ShardShuffleSampler(ROWS, 4, num_replicas=1, rank=0))
+
+
+def test_a_contiguous_batch_is_a_view_of_the_cached_shard(bucket_url: str, proxy: FaultProxy, tmp_path: Path) -> None:
+    from zcopy_data import _mapping
+    from zcopy_data.ledger import capture
+
+    shards = RemoteShards(bucket_url, cache_dir=tmp_path / "cache", storage_options={"endpoint_url": proxy.url})
+    sampler = ShardShuffleSampler(shard_rows(shards), 4, window=2, local=True)
+    ds = remote_arrow_dataset(shards, sampler)
+    with capture() as records:
+        batch = zero_copy_collate(ds.__getitems__([0, 1, 2]))
+    ptr = batch["v"].data_ptr()
+    assert any(r.start <= ptr < r.stop for r in list(_mapping._ranges.values()))  # the cached file's pages
+    assert sum(r[4] for r in records) == 0 and sum(r[3] for r in records) > 0
+    shards.close()

@@ -30,6 +30,7 @@ __all__ = [
     "ShardCache",
     "arrow_shard_files",
     "expand_paths",
+    "index_entries",
     "is_glob",
 ]
 
@@ -100,20 +101,27 @@ def _read_json(path: str) -> Any:
         raise CorruptFileError(f"{path!r}: cannot read it as JSON ({err}); write the folder again") from None
 
 
-def _from_index(folder: str, index: str) -> list[str]:
-    meta = _read_json(index)
+def index_entries(meta: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The shards of a zcopy-shards index, checked: ``(file name, entry)`` in the index's order."""
     if not isinstance(meta, dict) or meta.get("format") != "zcopy-shards" or not isinstance(meta.get("shards"), list):
         raise CorruptFileError(
-            f"{index!r}: expected a zcopy-shards index (format 'zcopy-shards', a list of shards), "
+            f"{where!r}: expected a zcopy-shards index (format 'zcopy-shards', a list of shards), "
             f"found {str(meta)[:80]!r}; write the folder again with zcopy_data.write"
         )
     if meta.get("version") != 1:
-        raise CorruptFileError(f"{index!r}: index version {meta.get('version')!r} is not known (expected 1)")
-    paths = []
+        raise CorruptFileError(f"{where!r}: index version {meta.get('version')!r} is not known (expected 1)")
+    out = []
     for i, entry in enumerate(meta["shards"]):
         name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or os.path.basename(name) != name:
-            raise CorruptFileError(f"{index!r}: shard {i} has no plain file name ({entry!r}); write the folder again")
+        if not isinstance(name, str) or os.path.basename(name) != name or "/" in name:
+            raise CorruptFileError(f"{where!r}: shard {i} has no plain file name ({entry!r}); write the folder again")
+        out.append((name, entry))
+    return out
+
+
+def _from_index(folder: str, index: str) -> list[str]:
+    paths = []
+    for i, (name, entry) in enumerate(index_entries(_read_json(index), index)):
         path = os.path.join(folder, name)
         try:
             size = os.stat(path).st_size

@@ -28,11 +28,12 @@ class TokenSource:
     tokens: np.ndarray[Any, Any]
     kind: str  # "array", "npy", "bin" or "megatron"
     doc_starts: np.ndarray[Any, np.dtype[np.int64]] | None = None  # token offsets, then the count
-    files: dict[str, FileIdentity] = field(default_factory=dict)
+    files: dict[str, FileIdentity] = field(default_factory=dict)  # every file read, checked on reopening
+    mapped: str | None = None  # the file batches read from, checked before each batch
 
     def check_unchanged(self) -> None:
-        for path, identity in self.files.items():
-            check_unchanged(path, identity)
+        if self.mapped is not None:
+            check_unchanged(self.mapped, self.files[self.mapped])
 
 
 def _regular(path: str) -> FileIdentity:
@@ -82,7 +83,7 @@ def open_tokens(source: Source, dtype: Any, known: dict[str, FileIdentity] | Non
         index = read_megatron_index(idx_path, bin_path, ident)
         _check_dtype(index.dtype, dtype, f"the Megatron-LM pair {bin_path!r}")
         tokens = map_megatron_bin(bin_path, index, ident) if index.tokens else np.zeros(0, index.dtype)
-        return TokenSource(tokens, "megatron", index.doc_starts, {bin_path: ident, idx_path: idx_ident})
+        return TokenSource(tokens, "megatron", index.doc_starts, {bin_path: ident, idx_path: idx_ident}, bin_path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such token file {path!r}")
     _regular(path)  # a FIFO, socket or device is refused before anything opens it for reading
@@ -93,7 +94,7 @@ def open_tokens(source: Source, dtype: Any, known: dict[str, FileIdentity] | Non
         if arr.ndim != 1:
             raise SchemaError(f"{path!r} holds shape {arr.shape}; tokens are one flat 1-D array (np.save(path, ids))")
         _check_dtype(arr.dtype, dtype, repr(path))
-        return TokenSource(arr, "npy", None, {path: ident})
+        return TokenSource(arr, "npy", None, {path: ident}, path)
     ident = known.get(path) or _regular(path)
     if dtype is None:
         raise SchemaError(
@@ -109,7 +110,7 @@ def open_tokens(source: Source, dtype: Any, known: dict[str, FileIdentity] | Non
         )
     count = ident.size // dt.itemsize
     tokens = file_array(path, 0, (count,), dt, identity=ident, shared=False) if count else np.zeros(0, dt)
-    return TokenSource(tokens, "bin", None, {path: ident})
+    return TokenSource(tokens, "bin", None, {path: ident}, path)
 
 
 def _array(arr: np.ndarray[Any, Any], dtype: Any) -> np.ndarray[Any, Any]:

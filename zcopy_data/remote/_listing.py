@@ -12,6 +12,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from zcopy_data.datasets._shards import index_entries
 from zcopy_data.errors import CorruptFileError, RemoteShardError
 
 __all__ = ["INDEX_NAME", "RemoteShard", "list_shards"]
@@ -73,18 +74,8 @@ def _from_index(fs: Any, base: str, listing: dict[str, dict[str, Any]]) -> list[
         meta = json.loads(fs.cat_file(listing[INDEX_NAME]["name"]))
     except (OSError, ValueError) as err:
         raise CorruptFileError(f"{where!r}: cannot read it as JSON ({err}); upload the folder again") from None
-    if not isinstance(meta, dict) or meta.get("format") != "zcopy-shards" or not isinstance(meta.get("shards"), list):
-        raise CorruptFileError(
-            f"{where!r}: expected a zcopy-shards index (format 'zcopy-shards', a list of shards), found "
-            f"{str(meta)[:80]!r}; upload a folder written by zcopy_data.write"
-        )
-    if meta.get("version") != 1:
-        raise CorruptFileError(f"{where!r}: index version {meta.get('version')!r} is not known (expected 1)")
     shards = []
-    for k, entry in enumerate(meta["shards"]):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or posixpath.basename(name) != name:
-            raise CorruptFileError(f"{where!r}: shard {k} has no plain file name ({entry!r}); write the folder again")
+    for k, (name, entry) in enumerate(index_entries(meta, where)):
         info = listing.get(name)
         if info is None:
             raise FileNotFoundError(f"{where!r} lists shard {k} {name!r}, which is not under {base!r}; upload it again")
