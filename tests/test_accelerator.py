@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tests.support import loader_raises
 from zcopy_data._accelerator import accelerator, check_main_process, in_worker
 
 
@@ -28,5 +28,5 @@ class _AsksInWorker(Dataset[int]):
 
 def test_inside_a_worker_it_is_refused_with_the_fix() -> None:
     loader = DataLoader(_AsksInWorker(), batch_size=1, num_workers=1, timeout=60)
-    with pytest.raises(RuntimeError, match="pinning runs in the main process only.*Wrap the DataLoader"):
+    with loader_raises(RuntimeError, match="pinning runs in the main process only.*Wrap the DataLoader"):
         next(iter(loader))

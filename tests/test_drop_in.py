@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from tests.support import loader_raises
 from zcopy_data import (
     DtypeDriftError,
     NumpyDataset,
@@ -59,7 +60,7 @@ def test_an_extra_or_missing_key_beyond_the_first_sample_is_a_schema_error(worke
         loader = DataLoader(
             ds, batch_size=4, num_workers=workers, collate_fn=zero_copy_collate, timeout=60 if workers else 0
         )
-        with pytest.raises(SchemaError, match=rf"field '{key}' at index {index}: the sample {what} '{key}'") as err:
+        with loader_raises(SchemaError, match=rf"field '{key}' at index {index}: the sample {what} '{key}'") as err:
             list(loader)
         assert "every sample of a batch needs the same keys" in str(err.value)
         assert (err.value.field, err.value.index) == (key, index)  # kept across the worker boundary too
@@ -90,7 +91,7 @@ def test_a_drift_error_keeps_its_field_and_index_across_worker_processes(workers
     loader = DataLoader(
         _Drifting(), batch_size=4, num_workers=workers, collate_fn=zero_copy_collate, timeout=60 if workers else 0
     )
-    with pytest.raises(DtypeDriftError, match="expected float32 .* found float64") as err:
+    with loader_raises(DtypeDriftError, match="expected float32 .* found float64") as err:
         list(loader)
     assert (err.value.field, err.value.index) == ("x", 6)
 

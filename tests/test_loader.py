@@ -298,3 +298,29 @@ def test_the_profiler_still_sees_each_batch(ds: NumpyDataset) -> None:
             assert len(_labels(loader)) == N // 100
         names = [e.name for e in prof.events()]
     assert sum("enumerate(DataLoader)" in n for n in names) >= N // 100
+
+
+class _Recording(NumpyDataset):
+    """Notes which allocation each batch was built with, and on which thread."""
+
+    def build_batch(self, indices: Any, run: Any, allocation: Any) -> dict[str, Any]:
+        self.__dict__.setdefault("seen", []).append((type(allocation).__name__, threading.get_ident()))
+        return super().build_batch(indices, run, allocation)
+
+    @property
+    def threads_suffice(self) -> bool:
+        return True  # the columns' own gather: GIL-free
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_gather_threads_copy_on_their_own_thread_and_a_lone_batch_on_torchs(workers: int) -> None:
+    ds = _Recording({"x": np.arange(4000, dtype=np.float32).reshape(1000, 4)})
+    loader = ZeroCopyDataLoader(ds, batch_size=10, shuffle=True, num_workers=workers)
+    got = torch.cat([b["x"] for b in loader])
+    assert torch.equal(got.sort(dim=0).values, torch.from_numpy(np.arange(4000, dtype=np.float32).reshape(1000, 4)))
+    kinds = {k for k, _ in ds.seen}
+    here = {t for _, t in ds.seen} == {threading.get_ident()}
+    if workers:  # several batches in flight: each thread copies alone, torch's threads stay out of it
+        assert kinds == {"GatherThreadAllocation"} and not here
+    else:  # one batch at a time: one index_select on torch's intra-op threads
+        assert kinds == {"HostAllocation"} and here

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tests.support import loader_raises
 from zcopy_data import DtypeDriftError, Field, Schema, SchemaError, ShapeMismatchError, zero_copy_collate
 from zcopy_data.errors import CopyRequiredError, SampleIndexError, ZeroCopyError
 
@@ -105,5 +106,5 @@ def test_error_type_survives_worker_processes(ctx):
     loader = DataLoader(
         _Drifting(), batch_size=8, num_workers=1, collate_fn=zero_copy_collate, multiprocessing_context=ctx
     )
-    with pytest.raises(DtypeDriftError, match=r"field .x. at batch position 5: expected float32"):
+    with loader_raises(DtypeDriftError, match=r"field .x. at batch position 5: expected float32"):
         next(iter(loader))

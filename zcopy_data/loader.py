@@ -54,7 +54,7 @@ from zcopy_data._requests import BatchRequest
 from zcopy_data._tree import map_tensors
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.datasets.base import ZeroCopyDataset
-from zcopy_data.memory.policy import Allocation, main_process_allocation
+from zcopy_data.memory.policy import Allocation, GatherThreadAllocation, main_process_allocation
 from zcopy_data.memory.shared import PoolConfig
 from zcopy_data.resume import LoaderProgress
 
@@ -189,6 +189,7 @@ class ZeroCopyDataLoader(DataLoader[Any]):
         alloc = allocation if allocation is not None else self._own_allocation()
         if self.num_workers == 0:
             return _Batches(self, alloc, skip)
+        alloc = GatherThreadAllocation(alloc)  # num_workers threads gather, one thread each
         if self.persistent_workers and self._threads is not None:
             self._threads.next_epoch(self, alloc, skip)
             return self._threads

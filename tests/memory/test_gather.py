@@ -6,12 +6,16 @@ import pytest
 import torch
 
 from zcopy_data.ledger import COLLATE, capture
-from zcopy_data.memory.gather import gather_fields, take_rows, view_rows
-from zcopy_data.memory.policy import HostAllocation
+from zcopy_data.memory.gather import gather_fields, one_thread, take_rows, view_rows
+from zcopy_data.memory.policy import Allocation, GatherThreadAllocation, HostAllocation
+
+_DTYPES = [torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.float16, torch.bfloat16, torch.bool]
+_DTYPES += [torch.complex64, torch.complex128, torch.float64]
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.float16, torch.bool])
-def test_rows_of_every_dtype_are_taken_bit_for_bit(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("threads", ["torch", "one"])
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_rows_of_every_dtype_are_taken_bit_for_bit(dtype: torch.dtype, threads: str) -> None:
     g = torch.Generator().manual_seed(0)
     if dtype == torch.bool:
         raw = torch.randint(0, 2, (20, 2), dtype=torch.uint8, generator=g)
@@ -19,7 +23,9 @@ def test_rows_of_every_dtype_are_taken_bit_for_bit(dtype: torch.dtype) -> None:
         raw = torch.randint(0, 256, (20, 2 * dtype.itemsize), dtype=torch.uint8, generator=g)
     src = raw.view(dtype)
     rows = torch.tensor([7, 0, 19, 7])
-    out = take_rows(src, rows, HostAllocation())
+    alloc: Allocation = HostAllocation() if threads == "torch" else GatherThreadAllocation(HostAllocation())
+    assert one_thread(alloc) is (threads == "one")
+    out = take_rows(src, rows, alloc)
     assert out.dtype == dtype and out.shape == (4, 2)
     assert torch.equal(out.view(torch.uint8), raw[rows])
 
@@ -38,3 +44,17 @@ def test_gather_fields_views_a_run_and_gathers_otherwise_with_ledger_rows() -> N
         (COLLATE, "x", 0, 24),
         (COLLATE, "y", 0, 16),
     ]
+
+
+def test_a_gather_thread_copies_strided_sources_and_uses_the_inner_allocations_buffers() -> None:
+    inner = HostAllocation(per_shape=1)
+    alloc = GatherThreadAllocation(inner)
+    src = torch.arange(120, dtype=torch.int32).reshape(20, 6)[:, ::2]  # rows of a strided column
+    rows = torch.tensor([3, 19, 0])
+    first = gather_fields({"x": src}, rows, None, alloc)["x"]
+    assert torch.equal(first, src[rows]) and alloc.kind == inner.kind == "host"
+    ptr = first.data_ptr()
+    del first
+    again = gather_fields({"x": src}, torch.tensor([1, 2, 4]), None, alloc)["x"]
+    assert again.data_ptr() == ptr  # the inner pool's buffer, reused once nothing held it
+    assert torch.equal(again, src[torch.tensor([1, 2, 4])])

@@ -37,6 +37,9 @@ from zcopy_data.strict import strict_asarray
 
 __all__ = ["BatchRequest", "SampleBatch", "ZeroCopyDataset", "as_index", "contiguous_run"]
 
+# caches rebuilt in every process (mappings, tensors, file checks), never pickled
+_PER_PROCESS = ("_zc_cols", "_zc_tens", "_zc_schema", "_zc_rag", "_zc_checks")
+
 
 class ZeroCopyDataset(Dataset[Any]):
     """Base class for datasets that feed :func:`~zcopy_data.zero_copy_collate` without copies.
@@ -81,14 +84,17 @@ class ZeroCopyDataset(Dataset[Any]):
         self.check_sources()
         view = self.batch_is_view(run)
         tensors = self.column_tensors()
+        ragged = self._zc_ragged()
         out: dict[str, Any] = gather_fields(
-            {n: t for n, t in tensors.items() if n not in self._zc_ragged()},
+            {n: t for n, t in tensors.items() if n not in ragged} if ragged else tensors,
             torch.from_numpy(indices),
             run if view else None,
             allocation,
             gather_why="gather: copy=True" if self.copy and run is not None else "gather: indices not contiguous",
         )
-        for name, column in self._zc_ragged().items():
+        if not ragged:
+            return out  # already in the columns' order
+        for name, column in ragged.items():
             out[name] = ragged_batch(name, column, tensors[name], indices, run if view else None, allocation)
         return {n: out[n] for n in tensors}
 
@@ -286,6 +292,6 @@ class ZeroCopyDataset(Dataset[Any]):
 
     def __getstate__(self) -> dict[str, Any]:
         # Per-process caches (mappings, tensors) are rebuilt in the receiving process.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_zc_cols", "_zc_tens", "_zc_schema", "_zc_rag")}
+        return {k: v for k, v in self.__dict__.items() if k not in _PER_PROCESS}
 
 

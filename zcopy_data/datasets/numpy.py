@@ -126,9 +126,16 @@ class NumpyDataset(ZeroCopyDataset):
         """Each ``.npy`` file is still the one the dataset was built on (one ``stat`` per file)."""
         if self._arrays is None:
             raise self._reopen_error
-        paths: dict[str, str] = self.__dict__.get("_paths", {})
-        for name, identity in self._identities.items():
-            check_unchanged(paths.get(name) or os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
+        checks: list[tuple[str, FileIdentity]] | None = self.__dict__.get("_zc_checks")
+        if checks is None:  # (path, identity) per file, worked out once per process
+            paths: dict[str, str] = self.__dict__.get("_paths", {})
+            checks = [
+                (paths.get(name) or os.fspath(self._sources[name]), identity)  # type: ignore[arg-type]
+                for name, identity in self._identities.items()
+            ]
+            self.__dict__["_zc_checks"] = checks
+        for path, identity in checks:
+            check_unchanged(path, identity)
 
     def __getstate__(self) -> dict[str, Any]:
         # File-backed columns travel as their path (workers map the file themselves);

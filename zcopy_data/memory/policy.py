@@ -12,6 +12,8 @@ and process that assembles batches for it. Nothing process-wide or thread-local 
 * :class:`ExactPinnedAllocation` -- under a device stage that copies every batch itself
   (:class:`~zcopy_data.DevicePrefetcher` over a :class:`~zcopy_data.ZeroCopyDataLoader`):
   exact-size pinned buffers reused once no tensor references them (the copy holds its own);
+* :class:`GatherThreadAllocation` -- any of these, for a loader's gather threads: the same
+  buffers, each batch copied by its own thread alone (see :mod:`zcopy_data.memory.gather`);
 * :class:`HostAllocation` -- otherwise: ordinary host memory from a few reused buffers per shape
   (a fresh multi-MiB buffer per batch is returned to the OS by glibc and faulted in again, which
   can make a gather several times slower). A loader builds its own, sized for its look-ahead.
@@ -35,6 +37,7 @@ from zcopy_data.memory.shared import allocate_shared
 __all__ = [
     "Allocation",
     "ExactPinnedAllocation",
+    "GatherThreadAllocation",
     "HostAllocation",
     "PinnedAllocation",
     "SharedAllocation",
@@ -117,6 +120,28 @@ class ExactPinnedAllocation:
 
     def __repr__(self) -> str:
         return f"ExactPinnedAllocation(per_shape={self.pool.per_key})"
+
+
+class GatherThreadAllocation:
+    """``inner``'s buffers, each gather into them done by the thread that asked (``gather_threads = 1``).
+
+    What a loader hands its gather threads: with several batches in flight, one thread per
+    batch already uses the cores it was given, and torch's intra-op threads on top of each
+    would oversubscribe them (two gathers on two threads each, on two cores, measured slower
+    than one). See :func:`zcopy_data.memory.gather.take_on_this_thread`.
+    """
+
+    gather_threads = 1
+
+    def __init__(self, inner: Allocation) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return self.inner(shape, dtype)
+
+    def __repr__(self) -> str:
+        return f"GatherThreadAllocation({self.inner!r})"
 
 
 SHARED = SharedAllocation()
