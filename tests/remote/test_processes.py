@@ -73,3 +73,44 @@ def test_two_processes_share_one_cache_and_download_each_shard_once(
         assert proxy.downloads(bucket_url.removeprefix("s3://") + f.name) == 1
     for path, f in zip(results[0], shard_files, strict=True):
         assert Path(path).read_bytes() == f.read_bytes()
+
+
+FULL_CHILD = """
+import json, resource, signal, sys
+from zcopy_data.errors import CacheFullError
+from zcopy_data.remote import RemoteShards
+url, cache, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+remote = RemoteShards(url, cache_dir=cache)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as past a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    remote.fetch(0)
+except CacheFullError as err:
+    print(json.dumps({"error": str(err), "size": remote[0].size}), flush=True)
+    sys.exit(0)
+print(json.dumps({"error": None}), flush=True)
+"""
+
+
+@pytest.mark.reliability
+def test_a_cache_disk_that_refuses_the_write_is_an_error_naming_the_bytes_needed(
+    bucket_url: str, proxy: FaultProxy, shard_files: list[Path], tmp_path: Path
+) -> None:
+    """No unprivileged test can fill a real disk; a file size limit fails the same write() the same
+    way (EFBIG instead of ENOSPC), half-way through a real download into the real cache folder."""
+    cache = tmp_path / "cache"
+    limit = shard_files[0].stat().st_size // 2
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_CHILD, bucket_url, str(cache), str(limit)],
+        env=child_env(proxy.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["error"] is not None, "a write the disk refused was taken for a whole shard"
+    assert f"the shard needs {report['size']} bytes in {str(cache)!r}" in report["error"]
+    assert "over a file size limit" in report["error"] and "cache_dir at a larger disk" in report["error"]
+    assert not [p for p in cache.iterdir() if not p.name.startswith(".")]  # no shard under its final name

@@ -26,7 +26,7 @@ from zcopy_data.remote._listing import RemoteShard
 __all__ = ["RetryPolicy", "download"]
 
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over a file size limit
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,18 @@ def download(
     hashes = _Hashes(shard)
     written = 0
     last: BaseException | None = None
-    with open(target, "wb") as out:
+    with open(target, "wb", buffering=0) as out:  # unbuffered: a full disk fails in write(), never in close()
         for attempt in range(1, policy.attempts + 1):
             try:
                 written = _copy(fs, shard, out, written, hashes, policy.block_bytes)
                 break
+            except CacheFullError:
+                raise  # the disk refused a write: no retry makes room
             except changed:
                 raise _changed(shard, "its ETag no longer matches the listing") from None
             except OSError as err:
                 if err.errno in _FULL:
-                    raise _full(shard, target, written) from err
+                    raise _full(shard, target, written, err) from err
                 if isinstance(err, FileNotFoundError):
                     raise _changed(shard, "it is gone") from None
                 if isinstance(err, permanent_errors()):
@@ -108,7 +110,7 @@ def download(
             os.fsync(out.fileno())  # a published shard's bytes are on disk before its rename
         except OSError as err:
             if err.errno in _FULL:
-                raise _full(shard, target, written) from err
+                raise _full(shard, target, written, err) from err
             raise
     _verify(shard, written, hashes)
 
@@ -124,19 +126,28 @@ def _copy(fs: Any, shard: RemoteShard, out: BinaryIO, written: int, hashes: _Has
         if tag and shard.etag and str(tag).strip('"') != shard.etag:
             raise _changed(shard, f"its ETag is {str(tag).strip(chr(34))}, the listing said {shard.etag}")
         f.seek(written)
+        out.seek(written)  # a write cut short by an error left the file position past ``written``
         while written < shard.size:
             data = f.read(min(block, shard.size - written))
             if not data:
                 raise EOFError(f"the body ended at byte {written} of {shard.size}")
             try:
-                out.write(data)
+                _write_all(out, data)
             except OSError as err:
                 if err.errno in _FULL:
-                    raise _full(shard, out.name, written) from err
+                    raise _full(shard, str(out.name), written, err) from err
                 raise
             hashes.update(data)
             written += len(data)
     return written
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    """Write every byte of ``data`` (an unbuffered write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        view = view[n or 0 :]
 
 
 def _verify(shard: RemoteShard, written: int, hashes: _Hashes) -> None:
@@ -158,9 +169,11 @@ def _changed(shard: RemoteShard, what: str) -> FileChangedError:
     )
 
 
-def _full(shard: RemoteShard, target: str, written: int) -> CacheFullError:
+def _full(shard: RemoteShard, target: str, written: int, err: OSError) -> CacheFullError:
     folder = os.path.dirname(target) or "."
+    why = "over a file size limit" if err.errno == errno.EFBIG else "full"
     return CacheFullError(
-        f"{shard.url}: the cache disk is full after {written} of {shard.size} bytes; the shard needs {shard.size} "
-        f"bytes in {folder!r}; free space there, lower cache_bytes, or point cache_dir at a larger disk"
+        f"{shard.url}: the cache disk is {why} ({os.strerror(err.errno or 0)}) after {written} of {shard.size} "
+        f"bytes; the shard needs {shard.size} bytes in {folder!r}; free space there, lower cache_bytes, or point "
+        "cache_dir at a larger disk"
     )

@@ -1,8 +1,9 @@
 """What a shard URL holds: its shards in dataset order, with size, ETag and digest, read from a listing.
 
 A prefix with a ``zcopy_index.json`` (what :func:`zcopy_data.write` makes) is read in the
-index's order, with its sizes and SHA-256 digests; any other prefix is its sorted ``*.arrow`` /
-``*.feather`` / ``*.ipc`` objects. Sizes and ETags come from the object listing: no shard data is read.
+index's order, with its sizes, SHA-256 digests, rows and (indexes written since they were added)
+rows per record batch; any other prefix is its sorted ``*.arrow`` / ``*.feather`` / ``*.ipc``
+objects. Sizes and ETags come from the object listing: no shard data is read.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RemoteShard:
     etag: str | None
     sha256: str | None = None  # from the index, when there is one
     rows: int | None = None  # from the index, when there is one
+    batch_rows: tuple[int, ...] | None = None  # rows per record batch, from an index that records them
 
     @property
     def name(self) -> str:
@@ -85,7 +87,39 @@ def _from_index(fs: Any, base: str, listing: dict[str, dict[str, Any]]) -> list[
                 f"{base}/{name}: the index says {want} bytes, the object has {size}; it was replaced after the index "
                 "was written; upload the folder again"
             )
+        rows = entry.get("rows")
         shards.append(
-            RemoteShard(k, f"{base}/{name}", info["name"], size, _etag(info), entry.get("sha256"), entry.get("rows"))
+            RemoteShard(
+                k,
+                f"{base}/{name}",
+                info["name"],
+                size,
+                _etag(info),
+                entry.get("sha256"),
+                rows,
+                _batch_rows(entry, rows, f"{base}/{name}"),
+            )
         )
     return shards
+
+
+def _batch_rows(entry: dict[str, Any], rows: int | None, where: str) -> tuple[int, ...] | None:
+    """The entry's rows per record batch (``[[rows, repeat], ...]`` runs), checked against its rows.
+
+    ``None`` when the index predates them: the shard's footer says, once it is fetched.
+    """
+    runs = entry.get("batch_rows")
+    if runs is None:
+        return None
+    try:
+        out = tuple(int(r) for r, n in runs for _ in range(int(n)))
+    except (TypeError, ValueError):
+        raise CorruptFileError(
+            f"{where}: the index's batch_rows {str(runs)[:60]!r} are not [[rows, repeat], ...] runs; "
+            "write the folder again with zcopy_data.write"
+        ) from None
+    if rows is not None and sum(out) != rows:
+        raise CorruptFileError(
+            f"{where}: the index's record batches hold {sum(out)} rows, its rows say {rows}; write the folder again"
+        )
+    return out

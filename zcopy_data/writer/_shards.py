@@ -1,9 +1,12 @@
 """One shard: an uncompressed Arrow IPC file written under a temp name, renamed only when complete.
 
 Next to each complete shard a sidecar (``shard-00000.arrow.done.json``) records its rows, size,
-SHA-256 and the plan it was written under; a rerun keeps a shard whose sidecar matches its plan
-and whose bytes still hash to the recorded digest, and writes it again otherwise. The sidecars go
-once the index (which records the same figures) is written.
+SHA-256, rows per record batch and the plan it was written under; a rerun keeps a shard whose
+sidecar matches its plan and whose bytes still hash to the recorded digest, and writes it again
+otherwise. The sidecars go once the index (which records the same figures) is written.
+
+Rows per record batch (``batch_rows``, runs of ``[rows, repeat]``) let a reader plan batches over
+shards it has not downloaded yet (:mod:`zcopy_data.remote`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from zcopy_data.ledger import DECODE, record
 from zcopy_data.writer._layout import Layout
 
 __all__ = [
+    "ENTRY_KEYS",
     "SHARD_RE",
     "ShardEntry",
+    "batch_runs",
+    "entry_of",
     "kept_shard",
     "remove_partials",
     "sha256_of",
@@ -35,7 +41,8 @@ __all__ = [
     "write_shard",
 ]
 
-ShardEntry = dict[str, Any]  # {"file", "rows", "bytes", "sha256"}
+ShardEntry = dict[str, Any]  # {"file", "rows", "bytes", "sha256", "batch_rows"}
+ENTRY_KEYS = ("file", "rows", "bytes", "sha256", "batch_rows")
 
 SHARD_RE = re.compile(r"shard-(\d{5,})\.arrow")
 PARTIAL_SUFFIX = ".partial"
@@ -55,6 +62,32 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def batch_runs(rows: list[int]) -> list[list[int]]:
+    """Rows per record batch as ``[rows, repeat]`` runs: a shard of equal batches is one or two runs."""
+    runs: list[list[int]] = []
+    for r in rows:
+        if runs and runs[-1][0] == r:
+            runs[-1][1] += 1
+        else:
+            runs.append([r, 1])
+    return runs
+
+
+def _footer_runs(path: Path) -> list[list[int]]:
+    """A finished shard's rows per record batch, read from its footer (metadata pages only)."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return batch_runs([reader.get_batch(i).num_rows for i in range(reader.num_record_batches)])
+
+
+def entry_of(folder: Path, recorded: dict[str, Any]) -> ShardEntry:
+    """The index entry of a kept shard; one recorded before ``batch_rows`` existed gets them from its footer."""
+    entry = {key: recorded[key] for key in ENTRY_KEYS if key in recorded}
+    if "batch_rows" not in entry:
+        entry["batch_rows"] = _footer_runs(folder / entry["file"])
+    return entry
 
 
 def _arrow_array(values: np.ndarray[Any, Any] | list[str], shape: tuple[int, ...]) -> pa.Array:
@@ -80,6 +113,7 @@ def write_shard(
     final, tmp = folder / name, folder / f".{name}{PARTIAL_SUFFIX}"
     schema = layout.arrow_schema()
     rows = 0
+    per_batch: list[int] = []
     options = pa.ipc.IpcWriteOptions(compression=None)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         for cols in batches:
@@ -89,11 +123,18 @@ def write_shard(
             for c, a in zip(layout.columns, arrays, strict=True):
                 record(DECODE, c.name, f"write: record batch written into {name}", copied=a.nbytes)
             rows += batch.num_rows
+            per_batch.append(batch.num_rows)
             if on_rows is not None:
                 on_rows(batch.num_rows)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())  # the rename below must never publish a shard whose bytes are not on disk
-    entry: ShardEntry = {"file": name, "rows": rows, "bytes": tmp.stat().st_size, "sha256": sha256_of(tmp)}
+    entry: ShardEntry = {
+        "file": name,
+        "rows": rows,
+        "bytes": tmp.stat().st_size,
+        "sha256": sha256_of(tmp),
+        "batch_rows": batch_runs(per_batch),
+    }
     os.replace(tmp, final)
     write_json(sidecar_of(folder, k), {**entry, "plan": fingerprint})
     return entry
@@ -111,9 +152,9 @@ def kept_shard(folder: Path, k: int, rows: int | None, fingerprint: dict[str, An
             and path.stat().st_size == side.get("bytes")
             and sha256_of(path) == side.get("sha256")
         )
-    except (OSError, ValueError, AttributeError):
+        return entry_of(folder, side) if ok else None
+    except (OSError, ValueError, AttributeError, pa.ArrowInvalid):
         return None
-    return {key: side[key] for key in ("file", "rows", "bytes", "sha256")} if ok else None
 
 
 def write_json(path: Path, obj: Any) -> None:

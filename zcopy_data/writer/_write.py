@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from zcopy_data.errors import SchemaError
 from zcopy_data.schema import Schema, sample_items
 from zcopy_data.writer._layout import Layout
@@ -28,6 +30,7 @@ from zcopy_data.writer._readers import (
 from zcopy_data.writer._shards import (
     SHARD_RE,
     ShardEntry,
+    entry_of,
     kept_shard,
     remove_partials,
     sha256_of,
@@ -265,9 +268,9 @@ def _verified(folder: Path, entry: ShardEntry | None, rows: int) -> ShardEntry |
     try:
         path = folder / entry["file"]
         ok = path.stat().st_size == entry["bytes"] and sha256_of(path) == entry["sha256"]
-    except (OSError, KeyError, TypeError):
+        return entry_of(folder, entry) if ok else None
+    except (OSError, KeyError, TypeError, pa.ArrowInvalid):
         return None
-    return {key: entry[key] for key in ("file", "rows", "bytes", "sha256")} if ok else None
 
 
 def _drop_index(folder: Path) -> None:
