@@ -422,6 +422,8 @@ class _ThreadBatches(Iterator[Any]):
         self._indices = _indices_for(loader, skip)
         self._fetch = _fetcher(loader, allocation)
         self._collate_fn = _collate_for(loader, allocation)
+        self._allocation = allocation
+        self._direct = self._inline and loader.collate_fn is zero_copy_collate  # its own requests, built here
         self._gathers = 0  # futures in _pending
         self._views = 0.0  # running share of views among recent batches
         self._exhausted = False
@@ -512,6 +514,15 @@ class _ThreadBatches(Iterator[Any]):
         except StopIteration:
             self._exhausted = True
             return self._next_data()
+        if self._direct:  # what zero_copy_collate does with its own request, one call fewer per batch
+            request = self._dataset.__getitems__(index)
+            if type(request) is BatchRequest:
+                idx, run = request.resolve()
+                view = self._dataset.batch_is_view(run)
+                self._views = 0.9 * self._views + (0.1 if view else 0.0)
+                data = self._dataset.build_batch(idx, run, self._allocation)
+                return _pin(data) if self._pin else data
+            return self._collate(request)
         request, _ = self._request(index)  # enough gathers in a row and they go to the threads again
         return self._collate(request)
 
