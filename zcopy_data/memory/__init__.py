@@ -6,7 +6,7 @@
 * :mod:`~zcopy_data.memory.shared` and :mod:`~zcopy_data.memory.segment` -- a worker's
   shared-memory pool and the hand-off protocol of one segment;
 * :mod:`~zcopy_data.memory.crossing` -- how a worker's tensors cross as handles or descriptors;
-* :mod:`~zcopy_data.memory.gather` -- the one view-or-``index_select`` gather;
+* :mod:`~zcopy_data.memory.gather` -- the one view-or-gather stage (who copies: the allocation says);
 * :mod:`~zcopy_data.memory.inflight` -- host memory held until the device copies reading it end.
 
 The copy-on-write file mappings and their registry sit one layer below, in
@@ -16,6 +16,7 @@ The copy-on-write file mappings and their registry sit one layer below, in
 from zcopy_data.memory.policy import (
     Allocation,
     ExactPinnedAllocation,
+    GatherThreadAllocation,
     HostAllocation,
     PinnedAllocation,
     SharedAllocation,
@@ -25,6 +26,7 @@ from zcopy_data.memory.policy import (
 __all__ = [
     "Allocation",
     "ExactPinnedAllocation",
+    "GatherThreadAllocation",
     "HostAllocation",
     "PinnedAllocation",
     "SharedAllocation",
