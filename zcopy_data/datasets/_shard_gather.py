@@ -58,13 +58,7 @@ def span_gather(
     rel = chunk_addresses - base
     if rel.size and int(rel.min()) < 0:
         raise AssertionError("base_view must start at the lowest chunk address")
-    g = int(np.gcd.reduce(np.unique(rel), initial=row))
-    if g % itemsize:
-        raise CorruptFileError(
-            f"field {name!r}: the shards' values are not aligned to {itemsize} bytes; a gather needs aligned rows; "
-            "fix: write the shards again with pyarrow or np.save (both align buffers)",
-            field=name,
-        )
+    g = _row_unit(name, np.unique(rel), row, itemsize)
     step = row // g
     rows = rel // g + within * step
     span = int(rows.max()) + 1 if n else 1
@@ -146,6 +140,21 @@ class SpanPlanner(Generic[R]):
         return SpanPlan(self.cache.generation, is_open, sources, tuple(readers.values()))
 
 
+def _row_unit(name: str, rel: np.ndarray[Any, Any], row: int, itemsize: int) -> int:
+    """The strided source's row step in bytes: the gcd of every chunk's offset and the row size.
+
+    It must be a whole number of elements; otherwise the chunks cannot share one strided view.
+    """
+    g = int(np.gcd.reduce(rel, initial=row))
+    if g % itemsize:
+        raise CorruptFileError(
+            f"field {name!r}: the shards' values are not aligned to {itemsize} bytes; a gather needs aligned rows; "
+            "fix: write the shards again with pyarrow or np.save (both align buffers)",
+            field=name,
+        )
+    return g
+
+
 def _span_source(
     name: str,
     addresses: np.ndarray[Any, Any],
@@ -161,13 +170,7 @@ def _span_source(
         return None, np.zeros(0, np.int64), 1
     base = base_view.ctypes.data
     rel = addresses[chunks] - base
-    g = int(np.gcd.reduce(rel, initial=row))
-    if g % itemsize:
-        raise CorruptFileError(
-            f"field {name!r}: the shards' values are not aligned to {itemsize} bytes; a gather needs aligned rows; "
-            "fix: write the shards again with pyarrow or np.save (both align buffers)",
-            field=name,
-        )
+    g = _row_unit(name, rel, row, itemsize)
     step = row // g
     # chunks not open are never read (the plan's mask says which are): their offsets are left as they come
     offset = (addresses - base) // g - starts[:-1] * step

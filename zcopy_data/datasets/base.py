@@ -192,7 +192,7 @@ class ZeroCopyDataset(Dataset[Any]):
         cols = dict(self.columns())
         if not cols:
             raise SchemaError(f"{type(self).__name__}.columns() returned no fields")
-        length = None
+        lengths: dict[str, int] = {}
         for name, col in cols.items():
             if isinstance(col, Ragged):
                 if not col.is_open:
@@ -201,15 +201,7 @@ class ZeroCopyDataset(Dataset[Any]):
                 for part in (col.values, col.offsets):
                     if isinstance(part, np.ndarray):
                         register_file_array(part)
-                n = col.n
-                if length is None:
-                    length, first = n, name
-                elif n != length:
-                    raise SchemaError(
-                        f"field {name!r}: has {n} samples but field {first!r} has {length}; "
-                        "every field needs one row per sample",
-                        field=name,
-                    )
+                lengths[name] = col.n
                 continue
             if not isinstance(col, (np.ndarray, torch.Tensor)):
                 raise SchemaError(
@@ -222,15 +214,8 @@ class ZeroCopyDataset(Dataset[Any]):
             if isinstance(col, np.ndarray):
                 strict_asarray(col[:0], field=name)  # a bad dtype or byte order is reported here, once
                 register_file_array(col)  # a column over a np.memmap crosses from workers as descriptors
-            n = int(col.shape[0])
-            if length is None:
-                length, first = n, name
-            elif n != length:
-                raise SchemaError(
-                    f"field {name!r}: has {n} samples but field {first!r} has {length}; "
-                    "every field needs one row per sample",
-                    field=name,
-                )
+            lengths[name] = int(col.shape[0])
+        _check_lengths(lengths)
         self.__dict__["_zc_cols"] = cols
         return cols
 
@@ -295,3 +280,13 @@ class ZeroCopyDataset(Dataset[Any]):
         return {k: v for k, v in self.__dict__.items() if k not in _PER_PROCESS}
 
 
+def _check_lengths(lengths: Mapping[str, int]) -> None:
+    """Every column holds one row per sample: the first one that differs from the first field is named."""
+    (first, length), *rest = lengths.items()
+    for name, n in rest:
+        if n != length:
+            raise SchemaError(
+                f"field {name!r}: has {n} samples but field {first!r} has {length}; "
+                "every field needs one row per sample",
+                field=name,
+            )
