@@ -3,11 +3,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint bench clean gpu-check examples soak
 
-$(VENV)/.bench: pyproject.toml scripts/bootstrap.sh
+$(VENV)/.bench: pyproject.toml scripts/bootstrap.sh scripts/constraints.txt
 	scripts/bootstrap.sh $(VENV) bench
 	touch $@
 
-$(VENV)/.dev: pyproject.toml scripts/bootstrap.sh
+$(VENV)/.dev: pyproject.toml scripts/bootstrap.sh scripts/constraints.txt
 	scripts/bootstrap.sh $(VENV) dev
 	touch $@ $(VENV)/.bench
 

@@ -48,7 +48,7 @@ if [ -n "${GPU_CHECK_NO_INSTALL:-}" ]; then
   say "GPU_CHECK_NO_INSTALL set: installing nothing"
 elif installed numpy && installed pytest; then
   say "torch, numpy and pytest present: nothing to install"
-elif timeout 120 "$PY" -m pip install --no-input -e ".[dev]" >>"$OUT_DIR/pip.log" 2>&1; then
+elif timeout 120 "$PY" -m pip install --no-input -c scripts/constraints.txt -e ".[dev]" >>"$OUT_DIR/pip.log" 2>&1; then
   say "installed -e .[dev]"
 elif pip_try numpy pytest; then
   say "installed numpy and pytest (the full [dev] extra was not installable)"

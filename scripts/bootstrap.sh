@@ -16,4 +16,4 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     fi
     rm -rf "$probe"
 fi
-"${pip[@]}" install -e ".[$extras]"
+"${pip[@]}" install -c "$(dirname "$0")/constraints.txt" -e ".[$extras]"
