@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from torch.utils.data import get_worker_info
 
-from zcopy_data import NumpyDataset
+from zcopy_data import NumpyDataset, _mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -114,3 +115,9 @@ def loader_raises(expected: type[BaseException], match: str | None = None) -> It
     with pytest.raises(expected, match=match) as err:
         yield err
     let_go(err.value)
+
+
+def in_a_file_mapping(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data lies inside a file mapping this process holds (a view of a file, not a copy)."""
+    ptr = t.data_ptr()
+    return any(r.start <= ptr < r.stop for r in list(_mapping._ranges.values()))

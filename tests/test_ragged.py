@@ -11,13 +11,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from zcopy_data import NumpyDataset, Ragged, SchemaError, ShapeMismatchError, _mapping, explain, zero_copy_collate
+from tests.support import in_a_file_mapping
+from zcopy_data import NumpyDataset, Ragged, SchemaError, ShapeMismatchError, explain, zero_copy_collate
 from zcopy_data.ledger import capture
-
-
-def _in_a_file_mapping(t: torch.Tensor) -> bool:
-    ptr = t.data_ptr()
-    return any(r.start <= ptr < r.stop for r in list(_mapping._ranges.values()))
 
 
 @pytest.fixture
@@ -46,7 +42,7 @@ def test_a_contiguous_packed_batch_copies_only_its_offsets(tmp_path: Path, docs)
     packed, cu = batch["tokens"]["values"], batch["tokens"]["cu_seqlens"]
     assert torch.equal(packed, torch.from_numpy(np.concatenate(docs[10:42])))
     assert cu.dtype == torch.int32 and cu.tolist() == np.cumsum([0] + [len(d) for d in docs[10:42]]).tolist()
-    assert _in_a_file_mapping(packed)  # a view of the values file
+    assert in_a_file_mapping(packed)  # a view of the values file
     copied = {r[1]: r[4] for r in records if r[4]}
     assert copied == {"tokens.cu_seqlens": 33 * 4}  # B + 1 int32 offsets, nothing else
 
@@ -59,7 +55,7 @@ def test_a_shuffled_packed_batch_copies_exactly_its_values_once(tmp_path: Path, 
         batch = zero_copy_collate(ds.__getitems__(idx))
     want = np.concatenate([docs[i] for i in idx])
     assert torch.equal(batch["tokens"]["values"], torch.from_numpy(want))
-    assert not _in_a_file_mapping(batch["tokens"]["values"])
+    assert not in_a_file_mapping(batch["tokens"]["values"])
     copied = {r[1]: r[4] for r in records if r[4]}
     assert copied == {"tokens": want.nbytes, "tokens.cu_seqlens": (len(idx) + 1) * 4}
 
@@ -102,7 +98,7 @@ def test_ragged_batches_from_worker_processes(tmp_path: Path, docs, context) -> 
     for batch in loader:
         labels = batch["label"].tolist()
         assert torch.equal(batch["tokens"]["values"], torch.from_numpy(np.concatenate([docs[i] for i in labels])))
-        assert _in_a_file_mapping(batch["tokens"]["values"])  # crossed as a descriptor of the values file
+        assert in_a_file_mapping(batch["tokens"]["values"])  # crossed as a descriptor of the values file
     ledger = explain(loader, batches=3)
     assert {r.field: r.bytes_copied for r in ledger.rows if r.bytes_copied and r.stage != "worker->main"} == {
         "tokens.cu_seqlens": 3 * 17 * 4

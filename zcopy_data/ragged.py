@@ -18,7 +18,7 @@ Every byte written is counted in the ledger; offsets are checked once, when the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,16 @@ from zcopy_data.memory.gather import select_rows
 from zcopy_data.memory.policy import Allocation
 from zcopy_data.strict import strict_asarray
 
-__all__ = ["OUTPUTS", "Ragged", "check_offsets", "ragged_batch", "stack_ragged"]
+__all__ = [
+    "OUTPUTS",
+    "Ragged",
+    "check_offsets",
+    "gather_segments",
+    "ragged_batch",
+    "ragged_settings",
+    "stack_ragged",
+    "view_segments",
+]
 
 OUTPUTS = ("packed", "padded", "nested")
 _Ints = np.ndarray[Any, np.dtype[np.int64]]
@@ -44,29 +53,34 @@ def _check_output(output: str, pad_value: Any) -> None:
         raise ValueError(f"pad_value={pad_value!r} should be a number")
 
 
-def check_offsets(offsets: np.ndarray[Any, Any], values: int, name: str) -> _Ints:
-    """``offsets`` as int64 after the checks every batch relies on; a clear error otherwise."""
+def check_offsets(offsets: np.ndarray[Any, Any], values: int, name: str, *, where: str = "", row0: int = 0) -> _Ints:
+    """``offsets`` as int64 after the checks every batch relies on; a clear error otherwise.
+
+    ``where`` (a file and record batch) prefixes the messages; ``row0`` is the dataset index of
+    the first sample these offsets describe, so a bad one is named by its dataset index.
+    """
+    at = f"{where}: " if where else ""
     if offsets.ndim != 1 or offsets.size < 1 or offsets.dtype.kind not in "iu":
         raise SchemaError(
-            f"field {name!r}: offsets must be a 1-D integer array of n + 1 entries, found "
+            f"{at}field {name!r}: offsets must be a 1-D integer array of n + 1 entries, found "
             f"{offsets.dtype} of shape {offsets.shape}",
             field=name,
         )
     off = offsets.astype(np.int64, copy=False)
     if int(off[0]) < 0:
-        raise SchemaError(f"field {name!r}: offsets start at {int(off[0])}, a negative position", field=name)
+        raise SchemaError(f"{at}field {name!r}: offsets start at {int(off[0])}, a negative position", field=name)
     steps = np.diff(off)
     if steps.size and int(steps.min()) < 0:
         i = int(np.flatnonzero(steps < 0)[0])
         raise SchemaError(
-            f"field {name!r} at index {i}: offsets decrease ({int(off[i])} then {int(off[i + 1])}); "
+            f"{at}field {name!r} at index {row0 + i}: offsets decrease ({int(off[i])} then {int(off[i + 1])}); "
             "sample i is values[offsets[i]:offsets[i + 1]], so offsets never decrease",
             field=name,
-            index=i,
+            index=row0 + i,
         )
     if int(off[-1]) > values:
         raise SchemaError(
-            f"field {name!r}: offsets end at {int(off[-1])}, past the {values} values; "
+            f"{at}field {name!r}: offsets end at {int(off[-1])}, past the {values} values; "
             "the offsets do not belong to these values",
             field=name,
         )
@@ -138,24 +152,12 @@ class Ragged:
         return f"Ragged({self.n} samples, output={self.output!r})"
 
 
-def _packed_view(name: str, values: torch.Tensor, off: _Ints, run: tuple[int, int], alloc: Allocation) -> Any:
-    start, stop = run
-    vals = values[int(off[start]) : int(off[stop])]
-    record(COLLATE, name, "view: ragged values of contiguous samples", viewed=nbytes(vals))
-    cu = alloc((stop - start + 1,), torch.int32)
-    np.subtract(off[start : stop + 1], off[start], out=cu.numpy(), casting="unsafe")
-    record(COLLATE, f"{name}.cu_seqlens", "offsets: rebased for the batch", copied=nbytes(cu))
-    return vals, cu
-
-
-def _segments(off: _Ints, idx: _Ints) -> tuple[_Ints, _Ints, _Ints]:
-    """Each picked sample's length, the batch's offsets, and the flat source index of every value."""
-    starts, lengths = off[idx], off[idx + 1] - off[idx]
-    cu = np.zeros(idx.size + 1, dtype=np.int64)
+def _segments(begins: _Ints, lengths: _Ints, step: int = 1) -> tuple[_Ints, _Ints]:
+    """The batch's offsets and the source row of every value, for samples at ``begins`` (rows ``step`` apart)."""
+    cu = np.zeros(begins.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
-    total = int(cu[-1])
-    flat = np.repeat(starts - cu[:-1], lengths) + np.arange(total, dtype=np.int64)
-    return lengths, cu, flat
+    within = np.arange(int(cu[-1]), dtype=np.int64) - np.repeat(cu[:-1], lengths)
+    return cu, np.repeat(begins, lengths) + (within if step == 1 else within * step)
 
 
 def ragged_batch(
@@ -169,28 +171,63 @@ def ragged_batch(
     """The batch of ``indices`` of one ragged column, as ``column.output`` says."""
     off = column.checked(name)
     if column.output != "padded" and run is not None:
-        vals, cu = _packed_view(name, values, off, run, alloc)
-    else:
-        lengths, cu64, flat = _segments(off, indices)
-        if column.output == "padded":
-            return _padded(name, column, values, lengths, flat, alloc)
-        vals = select_rows(values, torch.from_numpy(flat), alloc((flat.size, *values.shape[1:]), values.dtype))
-        record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(vals))
-        cu = alloc((indices.size + 1,), torch.int32)
-        cu.numpy()[:] = cu64
-        record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
-    if column.output == "nested":
+        return view_segments(name, column.output, values, off[run[0] : run[1] + 1], alloc)
+    begins, lengths = off[indices], off[indices + 1] - off[indices]
+    return gather_segments(name, column.output, column.pad_value, values, begins, lengths, alloc)
+
+
+def gather_segments(
+    name: str,
+    output: str,
+    pad_value: Any,
+    source: torch.Tensor,
+    begins: _Ints,
+    lengths: _Ints,
+    alloc: Allocation,
+    step: int = 1,
+) -> Any:
+    """The batch of samples ``source[begins[j] + k * step for k < lengths[j]]``, one copy of their values.
+
+    ``source`` is the rows every sample's values live in (a column's values, or a strided view
+    over a file mapping whose rows are ``step`` apart); ``output`` says how the batch comes out.
+    """
+    cu64, flat = _segments(begins, lengths, step)
+    if output == "padded":
+        return _padded(name, pad_value, source, lengths, flat, alloc)
+    vals = select_rows(source, torch.from_numpy(flat), alloc((flat.size, *source.shape[1:]), source.dtype))
+    record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(vals))
+    cu = alloc((begins.size + 1,), torch.int32)
+    cu.numpy()[:] = cu64
+    record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
+    return _as_output(output, vals, cu)
+
+
+def view_segments(name: str, output: str, values: torch.Tensor, offsets: _Ints, alloc: Allocation) -> Any:
+    """A contiguous run of samples as a view of ``values`` (its first value to its last) plus rebased offsets.
+
+    ``offsets``: the run's ``B + 1`` offsets into ``values``' rows; ``output`` is "packed" or "nested".
+    """
+    vals = values[int(offsets[0]) : int(offsets[-1])]
+    record(COLLATE, name, "view: ragged values of contiguous samples", viewed=nbytes(vals))
+    cu = alloc((offsets.size,), torch.int32)
+    np.subtract(offsets, offsets[0], out=cu.numpy(), casting="unsafe")
+    record(COLLATE, f"{name}.cu_seqlens", "offsets: rebased for the batch", copied=nbytes(cu))
+    return _as_output(output, vals, cu)
+
+
+def _as_output(output: str, vals: torch.Tensor, cu: torch.Tensor) -> Any:
+    if output == "nested":
         return torch.nested.nested_tensor_from_jagged(vals, offsets=cu.to(torch.int64))
     return {"values": vals, "cu_seqlens": cu}
 
 
 def _padded(
-    name: str, column: Ragged, values: torch.Tensor, lengths: _Ints, flat: _Ints, alloc: Allocation
+    name: str, pad_value: Any, values: torch.Tensor, lengths: _Ints, flat: _Ints, alloc: Allocation
 ) -> dict[str, torch.Tensor]:
     batch = lengths.size
     width = int(lengths.max()) if batch else 0
     buf = alloc((batch, width, *values.shape[1:]), values.dtype)
-    buf.fill_(column.pad_value)
+    buf.fill_(pad_value)
     rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
     cols = np.arange(flat.size, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     seg = select_rows(values, torch.from_numpy(flat), torch.empty((flat.size, *values.shape[1:]), dtype=values.dtype))
@@ -224,14 +261,29 @@ def stack_ragged(
     packed = alloc((int(offsets[-1]), *first.shape[1:]), first.dtype)
     torch.cat(values, 0, out=packed)
     record(COLLATE, name, "cat: ragged per-sample values", copied=nbytes(packed))
-    column = Ragged(packed, offsets, output=output, pad_value=pad_value)
-    idx = np.arange(len(values), dtype=np.int64)
     if output == "padded":
-        _, _, flat = _segments(offsets, idx)
-        return _padded(name, column, packed, lengths, flat, alloc)
+        _, flat = _segments(offsets[:-1], lengths)
+        return _padded(name, pad_value, packed, lengths, flat, alloc)
     cu = alloc((len(values) + 1,), torch.int32)
     cu.numpy()[:] = offsets
     record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
-    if output == "nested":
-        return torch.nested.nested_tensor_from_jagged(packed, offsets=cu.to(torch.int64))
-    return {"values": packed, "cu_seqlens": cu}
+    return _as_output(output, packed, cu)
+
+
+def ragged_settings(ragged: Mapping[str, str | Mapping[str, Any]] | None) -> dict[str, tuple[str, Any]]:
+    """``{field: (output, pad_value)}`` from a ``ragged=`` argument.
+
+    Each value is an output name (``"packed"``) or ``{"output": ..., "pad_value": ...}``.
+    """
+    out: dict[str, tuple[str, Any]] = {}
+    for name, how in (ragged or {}).items():
+        if isinstance(how, str):
+            out[name] = (how, 0)
+        elif isinstance(how, Mapping) and set(how) <= {"output", "pad_value"}:
+            out[name] = (str(how.get("output", "packed")), how.get("pad_value", 0))
+        else:
+            raise ValueError(
+                f"ragged[{name!r}]={how!r}: give 'packed', 'padded' or 'nested', or {{'output': ..., 'pad_value': ...}}"
+            )
+        _check_output(*out[name])
+    return out

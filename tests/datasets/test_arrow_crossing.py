@@ -16,15 +16,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from zcopy_data import _mapping, explain, zero_copy_collate
+from tests.support import in_a_file_mapping
+from zcopy_data import explain, zero_copy_collate
 from zcopy_data.datasets import ArrowDataset
 
 N, BATCH = 240, 24
 
-
-def _in_a_file_mapping(t: torch.Tensor) -> bool:
-    ptr = t.data_ptr()
-    return any(r.start <= ptr < r.stop for r in list(_mapping._ranges.values()))
 
 
 @pytest.fixture
@@ -57,7 +54,7 @@ def test_contiguous_arrow_batches_from_two_worker_processes_cross_with_zero_copi
     assert len(batches) == N // BATCH
     for b in batches:
         assert torch.equal(b["x"], torch.from_numpy(x[b["label"].numpy()]))
-        assert _in_a_file_mapping(b["x"]) and _in_a_file_mapping(b["label"])  # not a shared-memory copy
+        assert in_a_file_mapping(b["x"]) and in_a_file_mapping(b["label"])  # not a shared-memory copy
         assert not b["x"].is_shared()
     ledger = explain(loader, batches=4)
     assert ledger.bytes_copied == 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from tests.support import in_a_file_mapping
 from zcopy_data import (
     BlockShuffleSampler,
     CorruptFileError,
@@ -19,7 +20,6 @@ from zcopy_data import (
     LazyShuffleSampler,
     SchemaError,
     ZeroCopyDataLoader,
-    _mapping,
     explain,
     zero_copy_collate,
 )
@@ -29,10 +29,6 @@ from zcopy_data.ledger import capture
 
 SEQ = 16
 
-
-def _in_a_file_mapping(t: torch.Tensor) -> bool:
-    ptr = t.data_ptr()
-    return any(r.start <= ptr < r.stop for r in list(_mapping._ranges.values()))
 
 
 def _reference(tokens: np.ndarray, seq: int, stride: int, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +189,7 @@ def test_consecutive_disjoint_windows_are_views_of_the_file(bin_file: Path, toke
     with capture() as records:
         batch = zero_copy_collate(ds.__getitems__(list(range(4, 12))))
     _check(batch, list(range(4, 12)), tokens, SEQ, SEQ)
-    assert _in_a_file_mapping(batch["input"]) and _in_a_file_mapping(batch["target"])
+    assert in_a_file_mapping(batch["input"]) and in_a_file_mapping(batch["target"])
     assert batch["target"].data_ptr() == batch["input"].data_ptr() + 2  # the same tokens, shifted by one
     assert sum(r[4] for r in records) == 0 and sum(r[3] for r in records) == 2 * 8 * SEQ * 2
 
@@ -204,7 +200,7 @@ def test_a_shuffled_batch_is_one_gather_per_field_of_its_bytes(bin_file: Path, t
     with capture() as records:
         batch = zero_copy_collate(ds.__getitems__(idx))
     _check(batch, idx, tokens, SEQ, 1)
-    assert not _in_a_file_mapping(batch["input"])
+    assert not in_a_file_mapping(batch["input"])
     copies = [(r[1], r[4]) for r in records if r[4]]
     assert copies == [("input", 4 * SEQ * 2), ("target", 4 * SEQ * 2)]  # 2-byte tokens, once each
     # stride 1: even consecutive windows overlap, so they are gathered, never aliased views
@@ -221,7 +217,7 @@ def test_worker_processes_send_descriptors_of_the_token_file(bin_file: Path, tok
     for k, b in enumerate(batches):
         idx = list(range(16 * k, min(16 * (k + 1), len(ds))))
         _check(b, idx, tokens, SEQ, SEQ)
-        assert _in_a_file_mapping(b["input"]) and not b["input"].is_shared()
+        assert in_a_file_mapping(b["input"]) and not b["input"].is_shared()
     ledger = explain(loader, batches=3)
     assert ledger.bytes_copied == 0
     crossing = {r.reason for r in ledger.rows if r.stage == "worker->main"}

@@ -26,7 +26,7 @@ from zcopy_data._tree import join, rebuild
 from zcopy_data.errors import DtypeDriftError, SchemaError, ShapeMismatchError, describe
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation, default_allocation
-from zcopy_data.ragged import stack_ragged
+from zcopy_data.ragged import ragged_settings, stack_ragged
 from zcopy_data.schema import value_spec
 from zcopy_data.strict import strict_asarray
 
@@ -74,21 +74,7 @@ def zero_copy_collate(
     schema = batch.schema if isinstance(batch, SampleBatch) else None
     if schema is not None:
         schema.check_sample(batch[0], index=None if indices is None else indices[0])
-    return _Collate(alloc, indices, _ragged_settings(ragged))(batch, None)
-
-
-def _ragged_settings(ragged: Mapping[str, str | Mapping[str, Any]] | None) -> dict[str, tuple[str, Any]]:
-    out: dict[str, tuple[str, Any]] = {}
-    for name, how in (ragged or {}).items():
-        if isinstance(how, str):
-            out[name] = (how, 0)
-        elif isinstance(how, Mapping) and set(how) <= {"output", "pad_value"}:
-            out[name] = (str(how.get("output", "packed")), how.get("pad_value", 0))
-        else:
-            raise ValueError(
-                f"ragged[{name!r}]={how!r}: give 'packed', 'padded' or 'nested', or {{'output': ..., 'pad_value': ...}}"
-            )
-    return out
+    return _Collate(alloc, indices, ragged_settings(ragged))(batch, None)
 
 
 # -- per-sample: the default_collate structure, one copy per leaf ----------------------------

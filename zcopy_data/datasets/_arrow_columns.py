@@ -10,16 +10,27 @@ lists all have one length (checked once, from the offsets). Anything else gets a
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from zcopy_data.errors import CorruptFileError, UnsupportedColumnError
 
-__all__ = ["ColumnSpec", "check_names", "chunk_view", "column_spec", "dictionary_of", "unsupported_reason"]
+__all__ = [
+    "ColumnSpec",
+    "check_names",
+    "chunk_view",
+    "column_spec",
+    "dictionary_of",
+    "nulls_refused",
+    "row_source",
+    "unsupported_reason",
+]
 
 _SKIP_FIX = "or leave the column out with columns=[...]"
 _POLARS_FIX = "from polars, df.write_ipc(path, compat_level=pl.CompatLevel.oldest())"
@@ -158,7 +169,8 @@ def column_spec(name: str, typ: pa.DataType) -> ColumnSpec:
     return ColumnSpec(name, np.dtype(typ.to_pandas_dtype()), tuple(dims))
 
 
-def _nulls(arr: pa.Array, name: str, batch: int, row0: int) -> None:
+def nulls_refused(arr: pa.Array, name: str, batch: int, row0: int) -> None:
+    """A clear error when a column chunk holds nulls: a tensor has none."""
     if arr.null_count:
         bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]) if arr.offset == 0 else 0
         raise UnsupportedColumnError(
@@ -185,7 +197,7 @@ def chunk_view(
     rows = len(arr)
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
-    _nulls(arr, name, batch, row0)
+    nulls_refused(arr, name, batch, row0)
     if isinstance(arr, pa.DictionaryArray):
         arr = arr.indices  # the dictionary itself is read once, by dictionary_of
     start, count, shape = arr.offset, rows, []
@@ -203,18 +215,19 @@ def chunk_view(
                 raise UnsupportedColumnError(
                     f"field {name!r}: a variable-length list column whose lists differ in length "
                     f"(row {row0} has {k} values, row {row0 + bad} has {int(steps[bad])}); a batch needs one shape; "
-                    "fix: pad or crop every list to one length (pa.list_(type, n) or a fixed_shape_tensor), "
-                    f"{_SKIP_FIX}",
+                    f"fix: serve it as a variable-length field (ArrowDataset(path, ragged={{{name!r}: 'packed'}}), "
+                    "or 'padded' / 'nested'), pad or crop every list to one length (pa.list_(type, n) or a "
+                    f"fixed_shape_tensor), {_SKIP_FIX}",
                     field=name,
                 )
             # List offsets index the child's elements directly; the child's own offset comes on top.
             first = int(offsets[0]) if offsets.size else 0
             shape.append(k)
-            _nulls(child, name, batch, row0)
+            nulls_refused(child, name, batch, row0)
             start, count, arr = first + child.offset, count * k, child
             continue
         shape.append(k)
-        _nulls(child, name, batch, row0)
+        nulls_refused(child, name, batch, row0)
         start, count, arr = start * k + child.offset, count * k, child
     dtype = spec.dtype
     if len(spec.dims) == len(shape):
@@ -284,3 +297,43 @@ def _outside_mapping(name: str, batch: int) -> UnsupportedColumnError:
         "a cache with ArrowDataset.from_compressed(path)",
         field=name,
     )
+
+
+def row_source(
+    name: str,
+    mapped: np.ndarray[Any, Any],
+    dtype: torch.dtype,
+    dims: tuple[int, ...],
+    chunks: list[np.ndarray[Any, Any]],
+) -> tuple[torch.Tensor, np.ndarray[Any, Any], int]:
+    """One tensor over the whole mapping holding the rows of every chunk, each chunk's first row in it, the row step.
+
+    Rows of chunk ``c`` sit at ``offset_c + k * row_bytes`` in the file. When every offset has
+    the same remainder modulo ``row_bytes`` (always true for one record batch), the mapping seen
+    from that remainder on is one plain contiguous array holding every row. Otherwise, with
+    ``g`` the greatest common divisor of the row size and the offsets, the mapping seen as
+    overlapping rows ``g`` bytes apart holds them all. Either way one ``index_select`` gathers
+    rows across record batches, reading them straight out of the mapping. Rows must not be empty.
+    """
+    base, size = mapped.ctypes.data, mapped.size
+    itemsize = chunks[0].itemsize if chunks else 1
+    row = itemsize * math.prod(dims)
+    offsets = [c.ctypes.data - base for c in chunks]
+    if any(o % itemsize for o in offsets):
+        raise CorruptFileError(
+            f"field {name!r}: a record batch's values are not aligned to {itemsize} bytes in the file; "
+            "a gather needs aligned rows; fix: write the file again with pyarrow (it aligns buffers)",
+            field=name,
+        )
+    inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
+    residues = {o % row for o in offsets}
+    if len(residues) <= 1:
+        r = residues.pop() if residues else 0
+        shape, strides, start, g = ((size - r) // row, *dims), (row // itemsize, *inner), r, row
+    else:
+        g = math.gcd(row, *offsets)
+        shape, strides, start = ((size - row) // g + 1, *dims), (g // itemsize, *inner), 0
+    storage = torch.from_numpy(mapped).untyped_storage()
+    src = torch.empty(0, dtype=dtype).set_(storage, start // itemsize, shape, strides)
+    first = np.asarray([(o - start) // g for o in offsets], dtype=np.int64)
+    return src, first, row // g

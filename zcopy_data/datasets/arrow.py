@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,15 @@ from zcopy_data._mapping import FileIdentity, check_unchanged, file_array, ident
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
 from zcopy_data.datasets._arrow_bools import BOOLS, BoolColumn
-from zcopy_data.datasets._arrow_columns import ColumnSpec, check_names, chunk_view, column_spec, dictionary_of
+from zcopy_data.datasets._arrow_columns import (
+    ColumnSpec,
+    check_names,
+    chunk_view,
+    column_spec,
+    dictionary_of,
+    row_source,
+)
+from zcopy_data.datasets._arrow_ragged import RaggedColumn
 from zcopy_data.datasets._arrow_shards import ArrowShards, check_schemas, scan_shard
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
@@ -39,6 +47,7 @@ from zcopy_data.errors import CorruptFileError, FileChangedError, SampleIndexErr
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.gather import take_rows
 from zcopy_data.memory.policy import Allocation
+from zcopy_data.ragged import ragged_settings
 from zcopy_data.schema import Field, Schema
 
 __all__ = ["ArrowDataset", "default_cache_dir", "open_ipc"]
@@ -184,6 +193,11 @@ class ArrowDataset(ZeroCopyDataset):
             counted, contiguous batches too); default ``"error"`` refuses them.
         max_open: shards mapped at once (each holds a file descriptor); older ones are unmapped
             once no batch views them.
+        ragged: ``list`` / ``large_list`` columns whose lists differ in length, served as
+            variable-length fields (schema ``(None, *inner)``), by name: ``"packed"`` (values
+            plus ``int32`` ``cu_seqlens``), ``"padded"`` or ``"nested"``, or ``{"output": ...,
+            "pad_value": ...}`` (:mod:`zcopy_data.ragged`). Offsets are checked once; a batch of
+            consecutive samples in one record batch is a view of the values. One file only.
 
     Raises:
         UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
@@ -210,6 +224,7 @@ class ArrowDataset(ZeroCopyDataset):
         strings: str = "error",
         bools: str = "error",
         max_open: int = DEFAULT_MAX_OPEN,
+        ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
         _identity: FileIdentity | None = None,
     ):
         if strings not in STRINGS:
@@ -222,6 +237,7 @@ class ArrowDataset(ZeroCopyDataset):
         self.copy = copy
         self.strings = strings
         self.bools = bools
+        self.ragged = ragged_settings(ragged)
         self.categories: dict[str, tuple[Any, ...]] = {}  # dictionary columns: their dictionaries
         self._selected = None if columns is None else list(columns)
         self.origin = "IPC file"
@@ -230,8 +246,15 @@ class ArrowDataset(ZeroCopyDataset):
         self._identity: FileIdentity | None = _identity  # taken once, at the first open: every process serves it
         self._reopen_error: FileChangedError | None = None  # a worker's reopen that failed, raised at its first batch
         self._shards: ArrowShards | None = None
+        self._ragged: dict[str, RaggedColumn] = {}
         if len(files) == 1:
             self._open()
+        elif self.ragged:
+            raise UnsupportedColumnError(
+                f"{self.path!r}: ragged= columns are served from one file, found {len(files)} shards; "
+                "fix: open each shard as its own ArrowDataset(path, ragged=...), or write the shards as one file",
+                field=next(iter(self.ragged)),
+            )
         else:
             self._open_shards(files, found_as, max_open)
 
@@ -245,6 +268,7 @@ class ArrowDataset(ZeroCopyDataset):
         copy: bool = False,
         progress: bool | None = None,
         strings: str = "error",
+        ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
     ) -> ArrowDataset:
         """A Parquet file, decoded once into an IPC cache file and served zero-copy from it.
 
@@ -253,7 +277,7 @@ class ArrowDataset(ZeroCopyDataset):
         are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
         or off) and is counted once in the ledger (stage ``decode``).
         """
-        return cls._from_cache(path, "parquet", columns, cache_dir, copy, progress, strings)
+        return cls._from_cache(path, "parquet", columns, cache_dir, copy, progress, strings, ragged)
 
     @classmethod
     def from_compressed(
@@ -265,9 +289,10 @@ class ArrowDataset(ZeroCopyDataset):
         copy: bool = False,
         progress: bool | None = None,
         strings: str = "error",
+        ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
-        return cls._from_cache(path, "ipc", columns, cache_dir, copy, progress, strings)
+        return cls._from_cache(path, "ipc", columns, cache_dir, copy, progress, strings, ragged)
 
     @classmethod
     def _from_cache(
@@ -279,6 +304,7 @@ class ArrowDataset(ZeroCopyDataset):
         copy: bool,
         progress: bool | None,
         strings: str,
+        ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
     ) -> ArrowDataset:
         """Decode ``path`` once into an IPC cache (``kind`` "parquet" or "ipc") and serve it zero-copy."""
         cache, reused = decoded_cache(
@@ -289,7 +315,7 @@ class ArrowDataset(ZeroCopyDataset):
             progress=progress,
             check=partial(_check_types, strings=strings),
         )
-        ds = cls(cache, columns, copy=copy, strings=strings)
+        ds = cls(cache, columns, copy=copy, strings=strings, ragged=ragged)
         what = "a Parquet file" if kind == "parquet" else "a compressed file"
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, f"IPC cache of {what}"
         return ds
@@ -341,9 +367,18 @@ class ArrowDataset(ZeroCopyDataset):
             )
         if len(set(wanted)) != len(wanted):
             raise SchemaError(f"{self.path!r}: columns {wanted} name a column twice")
+        stray = [n for n in self.ragged if n not in wanted]
+        if stray:
+            raise SchemaError(
+                f"{self.path!r}: ragged= names {stray}, not among the columns served {wanted}", field=stray[0]
+            )
         text = [n for n in wanted if self.strings == "list" and is_string_type(schema.field(n).type)]
         bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(schema.field(n).type)]
-        specs = [column_spec(n, schema.field(n).type) for n in wanted if n not in text and n not in bits]
+        lists = {
+            n: RaggedColumn(n, schema.field(n).type, *self.ragged[n], where=repr(self.path)) for n in self.ragged
+        }
+        tensors = [n for n in wanted if n not in text and n not in bits and n not in lists]
+        specs = [column_spec(n, schema.field(n).type) for n in tensors]
         _check_byte_order(self.path, mapped, batches)
         numbered = [(i, b) for i, b in enumerate(batches) if b.num_rows]  # empty record batches hold no rows
         starts = np.zeros(len(numbered) + 1, dtype=np.int64)
@@ -353,6 +388,12 @@ class ArrowDataset(ZeroCopyDataset):
         for spec in specs:
             views[spec.name], shape = _chunks(spec, numbered, mapped, starts)
             fields[spec.name] = Field(to_torch_dtype(spec.dtype), shape)
+        base = mapped.ctypes.data
+        for name, col in lists.items():
+            for pos, (i, b) in enumerate(numbered):
+                col.add_chunk(b.column(name), mapped, base, batch=i, row0=int(starts[pos]))
+            fields[name] = col.field
+        self._ragged = lists
         self._text = {n: StringColumn(n, numbered, schema.field(n).type) for n in text}
         self._text_names = list(self._text)
         self._bools = {n: BoolColumn(n, numbered, repr(self.path)) for n in bits}
@@ -372,49 +413,24 @@ class ArrowDataset(ZeroCopyDataset):
         self._sources: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]] | None = None
         self.num_record_batches = len(batches)
         self.schema = Schema(fields)
+        self._views_of_runs = not any(c.output == "padded" for c in lists.values())
 
     def _gather_sources(self) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]]:
         """Per field: one row source over the whole mapping, each chunk's first row in it, and the row step.
 
-        Rows of chunk ``c`` sit at ``offset_c + k * row_bytes`` in the file. When every offset has
-        the same remainder modulo ``row_bytes`` (always true for one record batch), the mapping seen
-        from that remainder on is one plain contiguous array holding every row. Otherwise, with
-        ``g`` the greatest common divisor of the row size and the offsets, the mapping seen as
-        overlapping rows ``g`` bytes apart holds them all. Either way one ``index_select`` gathers
-        a batch across record batches, reading rows straight out of the mapping.
+        One ``index_select`` over it gathers a batch across record batches (:func:`row_source`).
         """
         if self._sources is not None:
             return self._sources
-        storage = torch.from_numpy(self._mapped).untyped_storage()
-        base, size = self._mapped.ctypes.data, self._mapped.size
         out = {}
         for name, chunks in self._views.items():
             field = self.schema[name]
             dims = tuple(d or 0 for d in field.shape)  # always fixed here
-            itemsize = chunks[0].itemsize if chunks else 1
-            row = itemsize * math.prod(dims)
-            if row == 0:  # every sample holds no values (all lists empty): a zero-byte source, one row per sample
+            if not math.prod(dims):  # every sample holds no values (all lists empty): a zero-byte source
                 src = torch.empty((self._n, *dims), dtype=field.dtype)
                 out[name] = (src, self._starts[:-1].copy(), 1)
                 continue
-            offsets = [c.ctypes.data - base for c in chunks]
-            if any(o % itemsize for o in offsets):
-                raise CorruptFileError(
-                    f"field {name!r}: a record batch's values are not aligned to {itemsize} bytes in the file; "
-                    "a gather needs aligned rows; fix: write the file again with pyarrow (it aligns buffers)",
-                    field=name,
-                )
-            inner = tuple(math.prod(dims[i + 1 :]) for i in range(len(dims)))
-            residues = {o % row for o in offsets}
-            if len(residues) <= 1:
-                r = residues.pop() if residues else 0
-                shape, strides, start, g = ((size - r) // row, *dims), (row // itemsize, *inner), r, row
-            else:
-                g = math.gcd(row, *offsets)
-                shape, strides, start = ((size - row) // g + 1, *dims), (g // itemsize, *inner), 0
-            src = torch.empty(0, dtype=field.dtype).set_(storage, start // itemsize, shape, strides)
-            first = np.asarray([(o - start) // g for o in offsets], dtype=np.int64)
-            out[name] = (src, first, row // g)
+            out[name] = row_source(name, self._mapped, field.dtype, dims, chunks)
         self._sources = out
         return out
 
@@ -440,6 +456,8 @@ class ArrowDataset(ZeroCopyDataset):
         """A contiguous run inside one record batch, with no string or bool column, is a view."""
         if run is None or self.copy or self._text or self._bool_names or run[0] >= run[1]:
             return False
+        if self._shards is None and not self._views_of_runs:
+            return False  # a padded ragged column is built, not viewed
         if self._shards is not None:
             c, _ = self._shards.table.chunk_of(run[0])
             return run[1] <= int(self._shards.table.starts[c + 1])
@@ -459,6 +477,7 @@ class ArrowDataset(ZeroCopyDataset):
             return self._shards.item(i)
         c, k = self._locate(i)
         out: dict[str, Any] = {name: chunks[c][k] for name, chunks in self._views.items()}
+        out.update((name, col.item(c, k)) for name, col in self._ragged.items())
         out.update((name, col.item(i)) for name, col in self._text.items())
         out.update((name, col.item(i)) for name, col in self._bools.items())
         return {name: out[name] for name in self._order}
@@ -473,10 +492,26 @@ class ArrowDataset(ZeroCopyDataset):
             out.update((n, self._shards.take_bools(n, indices, allocation, self.origin)) for n in self._bool_names)
         else:
             out = self._gather_tensors(indices, run, allocation)
+            if self._ragged:
+                out.update(self._gather_ragged(indices, run, allocation))
             if self._text:
                 out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
             out.update((n, col.take(indices, allocation, self.origin)) for n, col in self._bools.items())
-        return {name: out[name] for name in self._order} if self._text or self._bools else out
+        return {name: out[name] for name in self._order} if self._text or self._bools or self._ragged else out
+
+    def _gather_ragged(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
+        """Each ragged column's batch: a view of its values for a run inside one record batch, else one gather."""
+        inside = None
+        if run is not None and not self.copy and run[0] < run[1]:
+            c, k = self._locate(run[0])
+            inside = (c, k, k + run[1] - run[0]) if run[1] <= int(self._starts[c + 1]) else None
+        out = {}
+        for name, col in self._ragged.items():
+            if inside is not None and col.output != "padded":
+                out[name] = col.view(*inside, allocation)
+            else:
+                out[name] = col.gather(self._mapped, indices, allocation)
+        return out
 
     def _gather_shards(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         shards = self._shards
@@ -536,7 +571,7 @@ class ArrowDataset(ZeroCopyDataset):
     # -- pickling: workers map the file themselves ----------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("_mapped", "_views", "_sources", "_starts", "_text", "_bools"):
+        for key in ("_mapped", "_views", "_sources", "_starts", "_text", "_bools", "_ragged"):
             state.pop(key, None)
         return state
 
@@ -547,6 +582,7 @@ class ArrowDataset(ZeroCopyDataset):
             # shards are mapped on first use, each checked against the file it was scanned as
             self._text = dict.fromkeys(self._text_names)  # type: ignore[assignment]
             self._bools = {}
+            self._ragged = {}
             return
         try:
             self._open()
