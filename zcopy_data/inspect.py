@@ -111,6 +111,10 @@ def _inspect_arrow(path: str) -> SourceReport:
         try:
             f = ArrowDataset(path, [name]).schema[name]
         except UnsupportedColumnError as err:
+            ragged = _ragged_report(path, name)
+            if ragged is not None:
+                fields.append(ragged)
+                continue
             why = str(err).split(": ", 1)[-1]
             fields.append(FieldReport(name, _leaf_name(typ), _arrow_shape(typ), False, why))
             continue
@@ -119,6 +123,25 @@ def _inspect_arrow(path: str) -> SourceReport:
     with open(path, "rb") as fh:
         kind = "Arrow IPC file" if fh.read(6) == b"ARROW1" else "Arrow IPC stream"
     return SourceReport(path, f"{kind} ({len(batches)} record batches)", sum(b.num_rows for b in batches), fields)
+
+
+def _ragged_report(path: str, name: str) -> FieldReport | None:
+    """A list column whose lists differ in length, as a ragged field: its lengths, and how to serve it."""
+    from zcopy_data.datasets.arrow import ArrowDataset
+    from zcopy_data.errors import SchemaError, UnsupportedColumnError
+    from zcopy_data.ragged import length_histogram
+
+    try:
+        ds = ArrowDataset(path, [name], ragged={name: "packed"})
+    except (UnsupportedColumnError, SchemaError):
+        return None
+    f = ds.schema[name]
+    lengths = ds.ragged_lengths(name)
+    why = (
+        f"variable length, zero-copy with ragged={{{name!r}: 'packed'}} (or 'padded', 'nested'); "
+        f"lengths {length_histogram(lengths)}"
+    )
+    return FieldReport(name, dtype_name(f.dtype), str(f.shape), True, why)
 
 
 def _inspect_arrow_shards(path: str) -> SourceReport:

@@ -28,7 +28,7 @@ from zcopy_data._storage import nbytes
 from zcopy_data.errors import SchemaError, ShapeMismatchError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.gather import select_rows
-from zcopy_data.memory.policy import Allocation
+from zcopy_data.memory.policy import HOST, Allocation
 from zcopy_data.strict import strict_asarray
 
 __all__ = [
@@ -36,8 +36,11 @@ __all__ = [
     "Ragged",
     "check_offsets",
     "gather_segments",
+    "gather_target",
+    "length_histogram",
     "ragged_batch",
     "ragged_settings",
+    "segments_output",
     "stack_ragged",
     "view_segments",
 ]
@@ -192,14 +195,27 @@ def gather_segments(
     over a file mapping whose rows are ``step`` apart); ``output`` says how the batch comes out.
     """
     cu64, flat = _segments(begins, lengths, step)
+    shape = (flat.size, *source.shape[1:])
+    seg = select_rows(source, torch.from_numpy(flat), gather_target(output, alloc)(shape, source.dtype))
+    return segments_output(name, output, pad_value, seg, lengths, cu64, alloc)
+
+
+def gather_target(output: str, alloc: Allocation) -> Allocation:
+    """Where a batch's values are gathered: the batch's own buffer, or a scratch one that padding reads."""
+    return HOST if output == "padded" else alloc
+
+
+def segments_output(
+    name: str, output: str, pad_value: Any, values: torch.Tensor, lengths: _Ints, cu64: _Ints, alloc: Allocation
+) -> Any:
+    """A batch's gathered values (its samples back to back, lengths ``lengths``) as ``output`` says."""
     if output == "padded":
-        return _padded(name, pad_value, source, lengths, flat, alloc)
-    vals = select_rows(source, torch.from_numpy(flat), alloc((flat.size, *source.shape[1:]), source.dtype))
-    record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(vals))
-    cu = alloc((begins.size + 1,), torch.int32)
+        return _padded(name, pad_value, values, lengths, cu64, alloc)
+    record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(values))
+    cu = alloc((lengths.size + 1,), torch.int32)
     cu.numpy()[:] = cu64
     record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
-    return _as_output(output, vals, cu)
+    return _as_output(output, values, cu)
 
 
 def view_segments(name: str, output: str, values: torch.Tensor, offsets: _Ints, alloc: Allocation) -> Any:
@@ -222,16 +238,16 @@ def _as_output(output: str, vals: torch.Tensor, cu: torch.Tensor) -> Any:
 
 
 def _padded(
-    name: str, pad_value: Any, values: torch.Tensor, lengths: _Ints, flat: _Ints, alloc: Allocation
+    name: str, pad_value: Any, seg: torch.Tensor, lengths: _Ints, cu64: _Ints, alloc: Allocation
 ) -> dict[str, torch.Tensor]:
-    batch = lengths.size
+    """The samples ``seg`` holds back to back, placed in a ``(B, max_len, *inner)`` buffer filled with ``pad_value``."""
+    batch, inner = lengths.size, seg.shape[1:]
     width = int(lengths.max()) if batch else 0
-    buf = alloc((batch, width, *values.shape[1:]), values.dtype)
+    buf = alloc((batch, width, *inner), seg.dtype)
     buf.fill_(pad_value)
     rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
-    cols = np.arange(flat.size, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    seg = select_rows(values, torch.from_numpy(flat), torch.empty((flat.size, *values.shape[1:]), dtype=values.dtype))
-    buf.view(batch * width, *values.shape[1:]).index_copy_(0, torch.from_numpy(rows * width + cols), seg)
+    cols = np.arange(seg.shape[0], dtype=np.int64) - np.repeat(cu64[:-1], lengths)
+    buf.view(batch * width, *inner).index_copy_(0, torch.from_numpy(rows * width + cols), seg)
     record(COLLATE, name, "pad: segments gathered, then placed in a padded buffer", copied=nbytes(seg) + nbytes(buf))
     lens = alloc((batch,), torch.int64)
     lens.numpy()[:] = lengths
@@ -262,8 +278,7 @@ def stack_ragged(
     torch.cat(values, 0, out=packed)
     record(COLLATE, name, "cat: ragged per-sample values", copied=nbytes(packed))
     if output == "padded":
-        _, flat = _segments(offsets[:-1], lengths)
-        return _padded(name, pad_value, packed, lengths, flat, alloc)
+        return _padded(name, pad_value, packed, lengths, offsets, alloc)
     cu = alloc((len(values) + 1,), torch.int32)
     cu.numpy()[:] = offsets
     record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
@@ -287,3 +302,26 @@ def ragged_settings(ragged: Mapping[str, str | Mapping[str, Any]] | None) -> dic
             )
         _check_output(*out[name])
     return out
+
+
+def length_histogram(lengths: np.ndarray[Any, Any]) -> str:
+    """``min 0, median 17, max 39; 0: 12, 1-2: 30, ...``: samples per power-of-two length bucket.
+
+    >>> length_histogram(np.array([0, 1, 2, 3, 7, 8, 9]))
+    'min 0, median 3, max 9; 0: 1, 1: 1, 2: 1, 3-4: 1, 5-8: 2, 9-16: 1'
+    """
+    if lengths.size == 0:
+        return "none (no samples)"
+    lo, mid, hi = int(lengths.min()), int(np.median(lengths)), int(lengths.max())
+    buckets = np.zeros(max(hi - 1, 0).bit_length() + 2, dtype=np.int64)
+    nonzero = lengths[lengths > 0]
+    buckets[0] = lengths.size - nonzero.size
+    # bucket k >= 1 holds lengths 2**(k-2) + 1 .. 2**(k-1): 1, 2, 3-4, 5-8, ...
+    np.add.at(buckets, np.ceil(np.log2(nonzero)).astype(np.int64) + 1, 1)
+    parts = []
+    for k, count in enumerate(buckets.tolist()):
+        if not count:
+            continue
+        first, last = (0, 0) if k == 0 else ((1 << (k - 2)) + 1 if k >= 2 else 1, 1 << (k - 1))
+        parts.append(f"{first}: {count}" if first == last else f"{first}-{last}: {count}")
+    return f"min {lo}, median {mid}, max {hi}; " + ", ".join(parts)

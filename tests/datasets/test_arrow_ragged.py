@@ -20,6 +20,7 @@ from zcopy_data import (
     explain,
     zero_copy_collate,
 )
+from zcopy_data.inspect import inspect_path
 from zcopy_data.ledger import capture
 
 
@@ -138,6 +139,55 @@ def test_a_hugging_face_sequence_column(tmp_path: Path, docs) -> None:
     assert torch.equal(got["input_ids"]["values"], ref) and got["label"].tolist() == idx
 
 
+@pytest.mark.parametrize("output", ["packed", "padded", "nested"])
+def test_shards_serve_one_ragged_column_across_files(tmp_path: Path, docs, output: str) -> None:
+    paths = [_write(tmp_path / f"s{i}.arrow", docs[i * 100 : (i + 1) * 100], batch_rows=30) for i in range(3)]
+    ds = ArrowDataset(paths, ragged={"tokens": {"output": output, "pad_value": -1}}, max_open=2)
+    assert len(ds) == 300 and str(ds.schema["tokens"]) == "int32[?]"
+    rng = np.random.default_rng(3)
+    for idx in ([299, 0, 150, 42, 201, 7], list(range(95, 140)), list(range(200, 230)), [], [5]):
+        with capture() as records:
+            got = zero_copy_collate(ds.__getitems__(idx))["tokens"]
+        ref = [torch.from_numpy(docs[i]) for i in idx]
+        if output == "packed":
+            assert torch.equal(got["values"], torch.cat(ref) if ref else torch.zeros(0, dtype=torch.int32))
+            assert got["cu_seqlens"].tolist() == np.cumsum([0] + [len(r) for r in ref]).tolist()
+            batches = {(i // 100, i % 100 // 30) for i in idx}  # (shard, record batch) of each sample
+            if idx and idx == list(range(idx[0], idx[-1] + 1)) and len(batches) == 1:  # a view of the file
+                assert in_a_file_mapping(got["values"])
+                assert _copied(records) == {"tokens.cu_seqlens": 4 * (len(idx) + 1)}
+            elif ref:
+                assert _copied(records)["tokens"] == sum(r.nbytes for r in ref)
+        elif output == "padded" and ref:
+            assert torch.equal(got["values"], pad_sequence(ref, batch_first=True, padding_value=-1))
+        elif output == "nested" and ref:
+            assert [t.tolist() for t in got.unbind()] == [r.tolist() for r in ref]
+        idx = rng.permutation(300)[:50].tolist()  # and a shuffled batch over every shard
+        got = zero_copy_collate(ds.__getitems__(idx))["tokens"]
+        flat = got["values"] if output != "nested" else got.values()
+        if output != "padded":
+            assert torch.equal(flat, torch.from_numpy(np.concatenate([docs[i] for i in idx])))
+
+
+def test_a_hugging_face_folder_of_shards_with_a_sequence_column(tmp_path: Path, docs) -> None:
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.Dataset.from_dict(
+        {"input_ids": [d.tolist() for d in docs]},
+        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}),
+    )
+    hf.save_to_disk(str(tmp_path / "hf"), num_shards=3)
+    ds = ArrowDataset(tmp_path / "hf", ragged={"input_ids": "packed"})
+    assert "3 shards" in ds.origin
+    torch.manual_seed(1)
+    for mode in ("threads", "processes"):  # gather threads, and worker processes that open the shards themselves
+        loader = ZeroCopyDataLoader(ds, batch_size=32, shuffle=True, num_workers=2, worker_mode=mode, timeout=60)
+        got = []
+        for batch in loader:
+            lengths = np.diff(batch["input_ids"]["cu_seqlens"].numpy()).tolist()
+            got += [t.tolist() for t in batch["input_ids"]["values"].split(lengths)]
+        assert sorted(map(tuple, got)) == sorted(tuple(d.tolist()) for d in docs)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_ragged_batches_from_worker_processes_cross_as_descriptors(tmp_path: Path, docs, context) -> None:
     ds = ArrowDataset(_write(tmp_path / "t.arrow", docs), ragged={"tokens": "packed"})
@@ -218,5 +268,15 @@ def test_wrong_ragged_settings_say_what_to_do(tmp_path: Path, docs) -> None:
         w.write_table(table)
     with pytest.raises(UnsupportedColumnError, match="one length for every list already"):
         ArrowDataset(fixed, ragged={"tokens": "packed"})
-    with pytest.raises(UnsupportedColumnError, match="served from one file, found 2 shards"):
-        ArrowDataset([path, path], ragged={"tokens": "packed"})
+
+
+def test_inspect_names_a_varying_list_column_ragged_with_its_length_histogram(tmp_path: Path) -> None:
+    docs = [np.arange(k, dtype=np.int32) for k in (0, 1, 2, 3, 7, 8, 9)]
+    report = inspect_path(_write(tmp_path / "t.arrow", docs, batch_rows=3))
+    tokens = next(f for f in report.fields if f.name == "tokens")
+    assert tokens.zero_copy and tokens.dtype == "int32"
+    assert "ragged={'tokens': 'packed'}" in tokens.why
+    assert tokens.why.endswith("lengths min 0, median 3, max 9; 0: 1, 1: 1, 2: 1, 3-4: 1, 5-8: 2, 9-16: 1")
+    assert ArrowDataset(tmp_path / "t.arrow", ragged={"tokens": "packed"}).ragged_lengths("tokens").tolist() == [
+        0, 1, 2, 3, 7, 8, 9
+    ]

@@ -26,9 +26,11 @@ from zcopy_data.datasets._shards import ChunkTable, ShardCache, check_same
 from zcopy_data.errors import CorruptFileError, DtypeDriftError, SchemaError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation
+from zcopy_data.ragged import gather_target, segments_output
 from zcopy_data.schema import Schema
 
 if TYPE_CHECKING:
+    from zcopy_data.datasets._arrow_ragged import RaggedColumn
     from zcopy_data.datasets.arrow import ArrowDataset
 
 __all__ = ["ArrowShards", "ShardInfo", "scan_shard"]
@@ -247,6 +249,49 @@ class ArrowShards:
             out[name] = buf
         del held  # the shards may be unmapped from here on: the batch owns its bytes
         return out
+
+    def take_ragged(self, name: str, indices: Indices, run: Run | None, allocation: Allocation) -> Any:
+        """A ragged column of a batch: a view for a run inside one chunk, else one gather of exactly its values.
+
+        Each picked sample's values lie in its chunk's values buffer; every touched shard is held
+        while the rows are read, through one strided source over their mappings (:func:`span_gather`).
+        """
+        if run is not None and run[0] < run[1]:
+            found = self.view_chunk(run)
+            if found is not None and found[0]._ragged[name].output != "padded":
+                reader, c, k = found
+                return reader._ragged[name].view(c, k, k + run[1] - run[0], allocation)
+        chunk, within = self.table.locate(indices)
+        begins = np.zeros(indices.size, dtype=np.int64)
+        lengths = np.zeros(indices.size, dtype=np.int64)
+        addresses = np.zeros(indices.size, dtype=np.int64)
+        with self.cache.lock:  # hold every touched shard while its rows are read
+            held = {int(s): self.shard(int(s)) for s in np.unique(self.table.shard_of[chunk])}
+        base_view: np.ndarray[Any, Any] | None = None
+        col: RaggedColumn | None = None
+        for c in np.unique(chunk).tolist():
+            col = held[int(self.table.shard_of[c])]._ragged[name]
+            local = int(self.table.local[c])
+            pos = np.flatnonzero(chunk == c)
+            off, values = col.offsets[local], col.values[local]
+            begins[pos] = off[within[pos]]
+            lengths[pos] = off[within[pos] + 1] - begins[pos]
+            addresses[pos] = values.ctypes.data
+            if values.size and (base_view is None or values.ctypes.data < base_view.ctypes.data):
+                base_view = values
+        if col is None:  # an empty batch: its column of the first open shard says the dtype and shape
+            col = self.shard(int(self.table.shard_of[0]) if self.table.shard_of.size else 0)._ragged[name]
+        cu = np.zeros(indices.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        target = gather_target(col.output, allocation)
+        if base_view is None:  # no picked sample holds a value
+            field = col.field
+            seg = target((0, *(d or 0 for d in field.shape[1:])), field.dtype)
+        else:
+            rows = np.repeat(begins, lengths) + np.arange(int(cu[-1]), dtype=np.int64) - np.repeat(cu[:-1], lengths)
+            seg = span_gather(name, np.repeat(addresses, lengths), rows, base_view, target)
+        del held  # the shards may be unmapped from here on: the batch owns its bytes
+        return segments_output(name, col.output, col.pad_value, seg, lengths, cu, allocation)
 
     def take_bools(self, name: str, indices: Indices, allocation: Allocation, origin: str) -> torch.Tensor:
         """A bool column of a batch across shards, unpacked into one ``torch.bool`` buffer (counted once)."""

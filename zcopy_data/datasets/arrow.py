@@ -169,10 +169,17 @@ def _chunks(
 
 
 def _open_shard(
-    path: str, identity: FileIdentity, *, columns: list[str], copy: bool, strings: str, bools: str
+    path: str,
+    identity: FileIdentity,
+    *,
+    columns: list[str],
+    copy: bool,
+    strings: str,
+    bools: str,
+    ragged: Mapping[str, Mapping[str, Any]],
 ) -> ArrowDataset:
     """One shard of a sharded ``ArrowDataset``: a one-file dataset over the file it was scanned as."""
-    return ArrowDataset(path, columns, copy=copy, strings=strings, bools=bools, _identity=identity)
+    return ArrowDataset(path, columns, copy=copy, strings=strings, bools=bools, ragged=ragged, _identity=identity)
 
 
 class ArrowDataset(ZeroCopyDataset):
@@ -197,7 +204,7 @@ class ArrowDataset(ZeroCopyDataset):
             variable-length fields (schema ``(None, *inner)``), by name: ``"packed"`` (values
             plus ``int32`` ``cu_seqlens``), ``"padded"`` or ``"nested"``, or ``{"output": ...,
             "pad_value": ...}`` (:mod:`zcopy_data.ragged`). Offsets are checked once; a batch of
-            consecutive samples in one record batch is a view of the values. One file only.
+            consecutive samples in one record batch is a view of the values.
 
     Raises:
         UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
@@ -247,14 +254,9 @@ class ArrowDataset(ZeroCopyDataset):
         self._reopen_error: FileChangedError | None = None  # a worker's reopen that failed, raised at its first batch
         self._shards: ArrowShards | None = None
         self._ragged: dict[str, RaggedColumn] = {}
+        self._ragged_names: list[str] = []  # sharded: the ragged columns each shard serves
         if len(files) == 1:
             self._open()
-        elif self.ragged:
-            raise UnsupportedColumnError(
-                f"{self.path!r}: ragged= columns are served from one file, found {len(files)} shards; "
-                "fix: open each shard as its own ArrowDataset(path, ragged=...), or write the shards as one file",
-                field=next(iter(self.ragged)),
-            )
         else:
             self._open_shards(files, found_as, max_open)
 
@@ -336,8 +338,12 @@ class ArrowDataset(ZeroCopyDataset):
         first_schema = infos[0].schema
         text = [n for n in wanted if self.strings == "list" and is_string_type(first_schema.field(n).type)]
         bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(first_schema.field(n).type)]
-        opener = partial(_open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools)
-        shards = ArrowShards(infos, opener, [n for n in wanted if n not in text and n not in bits], max_open)
+        ragged = {n: {"output": out, "pad_value": pad} for n, (out, pad) in self.ragged.items()}
+        opener = partial(
+            _open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools, ragged=ragged
+        )
+        tensors = [n for n in wanted if n not in text and n not in bits and n not in ragged]
+        shards = ArrowShards(infos, opener, tensors, max_open)
         first = next((s for s, info in enumerate(infos) if sum(info.batch_rows)), 0)
         reader = shards.shard(first)
         shards.expected = reader.schema
@@ -346,6 +352,8 @@ class ArrowDataset(ZeroCopyDataset):
         self._text_names = list(self._text)
         self._bools: dict[str, BoolColumn] = {}
         self._bool_names = bits
+        self._ragged_names = list(ragged)
+        self._views_of_runs = not any(out == "padded" for out, _ in self.ragged.values())
         self.categories = {n: max((i.dictionaries.get(n, ()) for i in infos), key=len) for n in reader.categories}
         self._order = list(wanted)
         self._n = len(shards)
@@ -434,6 +442,13 @@ class ArrowDataset(ZeroCopyDataset):
         self._sources = out
         return out
 
+    def ragged_lengths(self, name: str) -> np.ndarray[Any, Any]:
+        """The length of every sample of the ragged column ``name`` (from its offsets, no value read)."""
+        col = self._ragged.get(name)
+        if col is None:
+            raise KeyError(f"{name!r} is not a ragged column of this dataset; those are {list(self._ragged)}")
+        return np.concatenate([np.diff(o) for o in col.offsets]) if col.offsets else np.zeros(0, np.int64)
+
     # -- Dataset ----------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._n
@@ -456,7 +471,7 @@ class ArrowDataset(ZeroCopyDataset):
         """A contiguous run inside one record batch, with no string or bool column, is a view."""
         if run is None or self.copy or self._text or self._bool_names or run[0] >= run[1]:
             return False
-        if self._shards is None and not self._views_of_runs:
+        if not self._views_of_runs:
             return False  # a padded ragged column is built, not viewed
         if self._shards is not None:
             c, _ = self._shards.table.chunk_of(run[0])
@@ -490,6 +505,8 @@ class ArrowDataset(ZeroCopyDataset):
             if self._text:
                 out.update((n, self._shards.take_text(n, indices, self.origin)) for n in self._text)
             out.update((n, self._shards.take_bools(n, indices, allocation, self.origin)) for n in self._bool_names)
+            view = None if self.copy else run
+            out.update((n, self._shards.take_ragged(n, indices, view, allocation)) for n in self._ragged_names)
         else:
             out = self._gather_tensors(indices, run, allocation)
             if self._ragged:
@@ -497,7 +514,8 @@ class ArrowDataset(ZeroCopyDataset):
             if self._text:
                 out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
             out.update((n, col.take(indices, allocation, self.origin)) for n, col in self._bools.items())
-        return {name: out[name] for name in self._order} if self._text or self._bools or self._ragged else out
+        reorder = self._text or self._bools or self._ragged or self._ragged_names
+        return {name: out[name] for name in self._order} if reorder else out
 
     def _gather_ragged(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
         """Each ragged column's batch: a view of its values for a run inside one record batch, else one gather."""
