@@ -132,7 +132,9 @@ class FaultProxy:
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                 h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
+        # a HEAD reply has no body: its Content-Length is the object's, as upstream said
+        length = resp.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data))
+        h.send_header("Content-Length", length)
         h.end_headers()
         if h.command == "HEAD":
             return

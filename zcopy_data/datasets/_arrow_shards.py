@@ -41,7 +41,7 @@ class ShardInfo:
     """What a shard's footer says: its identity, schema, rows per record batch, and its format."""
 
     path: str
-    identity: FileIdentity
+    identity: FileIdentity | None  # None: a shard fetched on first use, whose file the opener finds
     schema: pa.Schema
     batch_rows: tuple[int, ...]
     stream: bool
@@ -133,16 +133,21 @@ class ArrowShards:
         open_one: opens shard ``path`` with the identity it was scanned with.
         fields: the tensor fields of the dataset (strings excluded).
         max_open: shards mapped at once.
+        check_files: check the open shards' files against their identities every batch; off for
+            shards in a download cache, verified when fetched and safe to unlink while mapped.
     """
 
     def __init__(
         self,
         infos: Sequence[ShardInfo],
-        open_one: Callable[[str, FileIdentity], ArrowDataset],
+        open_one: Callable[[str, FileIdentity | None], ArrowDataset],
         fields: Sequence[str],
         max_open: int,
+        *,
+        check_files: bool = True,
     ) -> None:
         self.infos = list(infos)
+        self.check_files = check_files
         self._open_one = open_one  # picklable: workers open their shards themselves
         self.fields = list(fields)
         rows: list[int] = []
@@ -181,6 +186,13 @@ class ArrowShards:
         want = sum(info.batch_rows)
         if len(reader) != want:
             raise CorruptFileError(f"shard {s} {info.path!r}: {len(reader)} rows, its footer said {want}")
+        found = np.diff(reader._starts).tolist()
+        if found != [r for r in info.batch_rows if r]:  # chunk numbers would point at other rows
+            raise CorruptFileError(
+                f"shard {s} {info.path!r}: record batches of {found[:8]} rows, the shard was listed with "
+                f"{[r for r in info.batch_rows if r][:8]}; the index does not describe this file; fix: write the "
+                "index again (zcopy_data.write), or remove it so the shards' footers are read"
+            )
         return reader
 
     def __len__(self) -> int:
@@ -194,11 +206,13 @@ class ArrowShards:
 
         One ``stat`` per open shard, every batch; a shard is also checked when it is opened.
         """
-        self.cache.check_some(self._check)
+        if self.check_files:
+            self.cache.check_some(self._check)
 
     def _check(self, s: int) -> None:
         info = self.infos[s]
-        check_unchanged(info.path, info.identity)
+        if info.identity is not None:
+            check_unchanged(info.path, info.identity)
 
     def item(self, i: int) -> dict[str, Any]:
         c, k = self.table.chunk_of(i)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from zcopy_data.datasets._arrow_columns import (
     row_source,
 )
 from zcopy_data.datasets._arrow_ragged import RaggedColumn
-from zcopy_data.datasets._arrow_shards import ArrowShards, check_schemas, scan_shard
+from zcopy_data.datasets._arrow_shards import ArrowShards, ShardInfo, check_schemas, scan_shard
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
 from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN, arrow_shard_files
@@ -233,12 +233,18 @@ class ArrowDataset(ZeroCopyDataset):
         max_open: int = DEFAULT_MAX_OPEN,
         ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
         _identity: FileIdentity | None = None,
+        _streamed: tuple[list[ShardInfo], Callable[[str, FileIdentity | None], ArrowDataset]] | None = None,
     ):
         if strings not in STRINGS:
             raise ValueError(f"{strings=} should be one of {STRINGS}")
         if bools not in BOOLS:
             raise ValueError(f"{bools=} should be one of {BOOLS}")
-        files, found_as = arrow_shard_files(path) if _identity is None else ([os.fspath(path)], "file")  # type: ignore[arg-type]
+        if _streamed is not None:
+            files, found_as = [i.path for i in _streamed[0]], "fetched on first use"
+        elif _identity is None:
+            files, found_as = arrow_shard_files(path)
+        else:
+            files, found_as = [os.fspath(path)], "file"  # type: ignore[arg-type]
         self.path = files[0] if len(files) == 1 else _describe(path)
         self.paths = files
         self.copy = copy
@@ -255,10 +261,12 @@ class ArrowDataset(ZeroCopyDataset):
         self._shards: ArrowShards | None = None
         self._ragged: dict[str, RaggedColumn] = {}
         self._ragged_names: list[str] = []  # sharded: the ragged columns each shard serves
-        if len(files) == 1:
+        if _streamed is not None:
+            self._open_shards(_streamed[0], found_as, max_open, _streamed[1])
+        elif len(files) == 1:
             self._open()
         else:
-            self._open_shards(files, found_as, max_open)
+            self._open_shards([scan_shard(f) for f in files], found_as, max_open)
 
     @classmethod
     def from_parquet(
@@ -323,9 +331,19 @@ class ArrowDataset(ZeroCopyDataset):
         return ds
 
     # -- opening ----------------------------------------------------------------------------
-    def _open_shards(self, files: list[str], found_as: str, max_open: int) -> None:
-        """Read every shard's footer, check the schemas agree, and open the first shard."""
-        infos = [scan_shard(f) for f in files]
+    def _open_shards(
+        self,
+        infos: list[ShardInfo],
+        found_as: str,
+        max_open: int,
+        fetch: Callable[[str, FileIdentity | None], ArrowDataset] | None = None,
+    ) -> None:
+        """Check the shards' schemas (from their footers) agree, and open the first shard.
+
+        ``fetch``: opens a shard that is not a local file yet (a download cache), in place of
+        mapping ``info.path``; such shards are verified when fetched, not checked every batch.
+        """
+        files = [i.path for i in infos]
         names = infos[0].schema.names
         wanted = names if self._selected is None else self._selected
         missing = [c for c in wanted if c not in names]
@@ -339,11 +357,11 @@ class ArrowDataset(ZeroCopyDataset):
         text = [n for n in wanted if self.strings == "list" and is_string_type(first_schema.field(n).type)]
         bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(first_schema.field(n).type)]
         ragged = {n: {"output": out, "pad_value": pad} for n, (out, pad) in self.ragged.items()}
-        opener = partial(
+        opener = fetch or partial(
             _open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools, ragged=ragged
         )
         tensors = [n for n in wanted if n not in text and n not in bits and n not in ragged]
-        shards = ArrowShards(infos, opener, tensors, max_open)
+        shards = ArrowShards(infos, opener, tensors, max_open, check_files=fetch is None)
         first = next((s for s, info in enumerate(infos) if sum(info.batch_rows)), 0)
         reader = shards.shard(first)
         shards.expected = reader.schema
