@@ -40,6 +40,7 @@ __all__ = [
     "length_histogram",
     "ragged_batch",
     "ragged_settings",
+    "segment_rows",
     "segments_output",
     "stack_ragged",
     "view_segments",
@@ -155,7 +156,7 @@ class Ragged:
         return f"Ragged({self.n} samples, output={self.output!r})"
 
 
-def _segments(begins: _Ints, lengths: _Ints, step: int = 1) -> tuple[_Ints, _Ints]:
+def segment_rows(begins: _Ints, lengths: _Ints, step: int = 1) -> tuple[_Ints, _Ints]:
     """The batch's offsets and the source row of every value, for samples at ``begins`` (rows ``step`` apart)."""
     cu = np.zeros(begins.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
@@ -194,7 +195,7 @@ def gather_segments(
     ``source`` is the rows every sample's values live in (a column's values, or a strided view
     over a file mapping whose rows are ``step`` apart); ``output`` says how the batch comes out.
     """
-    cu64, flat = _segments(begins, lengths, step)
+    cu64, flat = segment_rows(begins, lengths, step)
     shape = (flat.size, *source.shape[1:])
     seg = select_rows(source, torch.from_numpy(flat), gather_target(output, alloc)(shape, source.dtype))
     return segments_output(name, output, pad_value, seg, lengths, cu64, alloc)

@@ -80,6 +80,10 @@ class RaggedColumn:
         inner = self.values[0].shape[1:] if self.values else tuple(d or 0 for d in self.spec.dims)
         return Field(to_torch_dtype(self.spec.dtype), (None, *inner))
 
+    def lengths(self) -> _Ints:
+        """The length of every sample, record batch after record batch (from the offsets; no value read)."""
+        return np.concatenate([np.diff(o) for o in self.offsets]) if self.offsets else np.zeros(0, np.int64)
+
     def item(self, c: int, k: int) -> np.ndarray[Any, Any]:
         """Sample ``k`` of chunk ``c``: a view of its values."""
         off = self.offsets[c]
@@ -102,7 +106,7 @@ class RaggedColumn:
         if self._segments is None:
             field = self.field
             inner = tuple(d or 0 for d in field.shape[1:])
-            lengths = np.concatenate([np.diff(o) for o in self.offsets]) if self.offsets else np.zeros(0, np.int64)
+            lengths = self.lengths()
             filled = [c for c, v in enumerate(self.values) if v.size]
             if not math.prod(inner) or not filled:  # no value holds a byte: every batch is empty rows
                 source = torch.empty((0, *inner), dtype=field.dtype)

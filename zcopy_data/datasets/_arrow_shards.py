@@ -26,7 +26,7 @@ from zcopy_data.datasets._shards import ChunkTable, ShardCache, check_same
 from zcopy_data.errors import CorruptFileError, DtypeDriftError, SchemaError
 from zcopy_data.ledger import COLLATE, record
 from zcopy_data.memory.policy import Allocation
-from zcopy_data.ragged import gather_target, segments_output
+from zcopy_data.ragged import gather_target, segment_rows, segments_output
 from zcopy_data.schema import Schema
 
 if TYPE_CHECKING:
@@ -295,14 +295,12 @@ class ArrowShards:
                 base_view = values
         if col is None:  # an empty batch: its column of the first open shard says the dtype and shape
             col = self.shard(int(self.table.shard_of[0]) if self.table.shard_of.size else 0)._ragged[name]
-        cu = np.zeros(indices.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=cu[1:])
+        cu, rows = segment_rows(begins, lengths)
         target = gather_target(col.output, allocation)
         if base_view is None:  # no picked sample holds a value
             field = col.field
             seg = target((0, *(d or 0 for d in field.shape[1:])), field.dtype)
         else:
-            rows = np.repeat(begins, lengths) + np.arange(int(cu[-1]), dtype=np.int64) - np.repeat(cu[:-1], lengths)
             seg = span_gather(name, np.repeat(addresses, lengths), rows, base_view, target)
         del held  # the shards may be unmapped from here on: the batch owns its bytes
         return segments_output(name, col.output, col.pad_value, seg, lengths, cu, allocation)

@@ -251,6 +251,7 @@ class ArrowDataset(ZeroCopyDataset):
         self.strings = strings
         self.bools = bools
         self.ragged = ragged_settings(ragged)
+        self._views_of_runs = not any(out == "padded" for out, _ in self.ragged.values())  # padded is built
         self.categories: dict[str, tuple[Any, ...]] = {}  # dictionary columns: their dictionaries
         self._selected = None if columns is None else list(columns)
         self.origin = "IPC file"
@@ -371,7 +372,6 @@ class ArrowDataset(ZeroCopyDataset):
         self._bools: dict[str, BoolColumn] = {}
         self._bool_names = bits
         self._ragged_names = list(ragged)
-        self._views_of_runs = not any(out == "padded" for out, _ in self.ragged.values())
         self.categories = {n: max((i.dictionaries.get(n, ()) for i in infos), key=len) for n in reader.categories}
         self._order = list(wanted)
         self._n = len(shards)
@@ -439,7 +439,6 @@ class ArrowDataset(ZeroCopyDataset):
         self._sources: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]] | None = None
         self.num_record_batches = len(batches)
         self.schema = Schema(fields)
-        self._views_of_runs = not any(c.output == "padded" for c in lists.values())
 
     def _gather_sources(self) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any], int]]:
         """Per field: one row source over the whole mapping, each chunk's first row in it, and the row step.
@@ -465,7 +464,7 @@ class ArrowDataset(ZeroCopyDataset):
         col = self._ragged.get(name)
         if col is None:
             raise KeyError(f"{name!r} is not a ragged column of this dataset; those are {list(self._ragged)}")
-        return np.concatenate([np.diff(o) for o in col.offsets]) if col.offsets else np.zeros(0, np.int64)
+        return col.lengths()
 
     # -- Dataset ----------------------------------------------------------------------------
     def __len__(self) -> int:
