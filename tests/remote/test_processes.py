@@ -75,6 +75,37 @@ def test_two_processes_share_one_cache_and_download_each_shard_once(
         assert Path(path).read_bytes() == f.read_bytes()
 
 
+@pytest.mark.reliability
+def test_a_download_under_way_in_another_process_holds_its_room_until_that_process_dies(
+    bucket_url: str, proxy: FaultProxy, shard_files: list[Path], tmp_path: Path
+) -> None:
+    """The budget covers every process on the folder: a shard another process is still downloading
+    counts, and a reservation left by a killed process is not counted for ever."""
+    from zcopy_data.errors import CacheFullError
+    from zcopy_data.remote import RemoteShards
+
+    cache = tmp_path / "cache"
+    sizes = [f.stat().st_size for f in shard_files[:2]]
+    budget = sum(sizes) - 1  # either shard fits, not both
+    key = bucket_url.removeprefix("s3://") + shard_files[1].name
+    proxy.fail(key, "hang")
+    other = child(bucket_url, cache, proxy, [1])
+    try:
+        assert proxy.hanging.wait(60), other.communicate(timeout=5)
+        options = {"endpoint_url": proxy.url}
+        ours = RemoteShards(bucket_url, cache_dir=cache, cache_bytes=budget, storage_options=options)
+        with pytest.raises(CacheFullError, match=rf"and {sizes[1]} by downloads under way; raise cache_bytes"):
+            ours.fetch(0)
+        assert not ours.is_cached(0)
+        other.send_signal(signal.SIGKILL)
+        other.communicate(timeout=60)
+    finally:
+        proxy.release()
+    assert Path(ours.fetch(0)).read_bytes() == shard_files[0].read_bytes()  # the dead one's room is free again
+    assert not list(cache.glob(".*.reserve"))
+    ours.close()
+
+
 FULL_CHILD = """
 import json, resource, signal, sys
 from zcopy_data.errors import CacheFullError

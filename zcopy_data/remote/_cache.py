@@ -26,7 +26,7 @@ from zcopy_data.errors import CacheFullError
 from zcopy_data.remote._download import RetryPolicy, download
 from zcopy_data.remote._fs import open_filesystem
 from zcopy_data.remote._listing import RemoteShard, list_shards
-from zcopy_data.remote._locks import download_lock, pin, try_evict_lock, unpin
+from zcopy_data.remote._locks import download_lock, pin, reservations, reserve, room_lock, try_evict_lock, unpin
 
 __all__ = ["RemoteShards", "default_remote_cache_dir"]
 
@@ -90,7 +90,7 @@ class RemoteShards:
         self._lock = threading.Lock()
         self._pins: dict[int, int] = {}  # shard -> descriptor holding its use lock shared
         self._pool: ThreadPoolExecutor | None = None
-        self._room = threading.Condition()  # one room check at a time, counting the downloads under way
+        self._room = threading.Condition()  # one room check at a time in this process (the room lock across them)
         self._reserved: dict[int, int] = {}  # shard -> bytes of a download of ours under way
         self._wanted: set[int] = set()  # the window of the latest prefetch
         self._ahead: dict[int, Future[str]] = {}  # its downloads
@@ -136,14 +136,17 @@ class RemoteShards:
             if self._hit(i, final):
                 return str(final)  # another process (or thread) downloaded it while we waited
             self._remove_partials(final)  # left by a killed download: we hold its lock, nobody writes them
+            owner = f"{os.getpid()}-{threading.get_ident()}"
             with self._room:
-                self._wait_for_room(i, patience)
+                held, reservation = self._wait_for_room(i, patience, owner)
                 self._reserved[i] = self.shards[i].size
-            tmp = final.with_name(f".{final.name}.{os.getpid()}-{threading.get_ident()}.partial")
+            tmp = final.with_name(f".{final.name}.{owner}.partial")
             try:
                 download(self._fs, self.shards[i], str(tmp), self.retry)
                 os.replace(tmp, final)  # atomic: the final name only ever holds a verified shard
             finally:
+                os.close(held)  # the published file (or nothing) now holds the room it reserved
+                reservation.unlink(missing_ok=True)
                 with self._room:
                     self._reserved.pop(i, None)
                     self._room.notify_all()
@@ -305,14 +308,19 @@ class RemoteShards:
                 found.append((st.st_atime, st.st_size, p))
         return sorted(found)
 
-    def _wait_for_room(self, i: int, patience: float) -> None:
-        """:meth:`_make_room`, waiting while downloads of ours under way, or (up to ``patience``
-        seconds) other processes' pins, hold the room (call under ``_room``)."""
+    def _wait_for_room(self, i: int, patience: float, owner: str) -> tuple[int, Path]:
+        """:meth:`_make_room`, then reserve shard ``i``'s bytes for ``owner``'s download, all under the
+        folder's room lock; waiting while downloads of ours under way, or (up to ``patience``
+        seconds) other processes' pins and downloads, hold the room (call under ``_room``).
+
+        Returns the reservation (:func:`reserve`).
+        """
         deadline = time.monotonic() + patience
         while True:
             try:
-                self._make_room(i)
-                return
+                with room_lock(self.cache_dir):
+                    self._make_room(i)
+                    return reserve(self.local_path(i), owner, self.shards[i].size)
             except CacheFullError:
                 if not self._reserved and (time.monotonic() > deadline or self._ours_hold_it(i)):
                     raise  # nothing will free room: our own pinned shards hold it, or waiting was in vain
@@ -328,7 +336,10 @@ class RemoteShards:
         return held + self.shards[i].size > self.cache_bytes
 
     def _make_room(self, i: int) -> None:
-        """Evict unpinned shards until shard ``i`` fits the budget and the disk; else CacheFullError."""
+        """Evict unpinned shards until shard ``i`` fits the budget and the disk; else CacheFullError.
+
+        Call under the folder's room lock: the files and reservations it counts stay as counted.
+        """
         shard = self.shards[i]
         need = shard.size
         if self.cache_bytes is not None and need > self.cache_bytes:
@@ -337,7 +348,7 @@ class RemoteShards:
                 f"set cache_bytes to at least {need}"
             )
         files = self._published()
-        pending = sum(self._reserved.values())  # our downloads under way will take this much more
+        pending = reservations(self.cache_dir)  # downloads under way, in every process, will take this much more
         used = sum(size for _, size, _ in files) + pending
         free = shutil.disk_usage(self.cache_dir).free - pending
         for _, size, path in files:
@@ -351,9 +362,10 @@ class RemoteShards:
                     used -= size
                     free += size
         if self.cache_bytes is not None and used + need > self.cache_bytes:
+            held = f"held by pinned shards{f' and {pending} by downloads under way' if pending else ''}"
             raise CacheFullError(
                 f"{shard.url}: needs {need} bytes in the cache, but {used} of cache_bytes={self.cache_bytes} are "
-                f"held by pinned shards; raise cache_bytes to at least {used + need}, or prefetch a smaller window"
+                f"{held}; raise cache_bytes to at least {used + need}, or prefetch a smaller window"
             )
         if free < need:
             raise CacheFullError(
