@@ -23,7 +23,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -32,8 +32,22 @@ from zcopy_data.datasets import _jpeg_simple
 from zcopy_data.datasets._image_files import not_regular
 from zcopy_data.datasets._image_modes import PixelFormat, is_high_depth, source_mode
 from zcopy_data.errors import CorruptFileError, SchemaError
+from zcopy_data.ledger import DECODE, record
 
-__all__ = ["DECODE_MODES", "HAS_ARROW", "DecodeSpec", "check_max_pixels", "decode_into", "resample_filter"]
+__all__ = [
+    "DECODE_MODES",
+    "FILE_FIXES",
+    "HAS_ARROW",
+    "ROW_FIXES",
+    "BufferFile",
+    "DecodeSpec",
+    "Fixes",
+    "check_max_pixels",
+    "decode_bytes_into",
+    "decode_into",
+    "record_decode",
+    "resample_filter",
+]
 
 # Pillow >= 11.2 exports its pixel memory through the Arrow C data interface.
 HAS_ARROW = importlib.util.find_spec("pyarrow") is not None and hasattr(Image.Image, "__arrow_c_array__")
@@ -149,20 +163,36 @@ class Decoded:
     conversion: str
 
 
-def _check_pixels(path: str, width: int, height: int, max_pixels: int | None) -> None:
+@dataclass(frozen=True)
+class Fixes:
+    """The fixes an error names: for a file of a folder, or for an image stored in a table's row."""
+
+    too_large: str
+    undecodable: str
+
+
+FILE_FIXES = Fixes(
+    "downscale the file, or pass a higher max_pixels= (None: no limit), or on_error='skip' to leave such "
+    "files out (each one is reported)",
+    "re-encode or remove the file, or pass on_error='skip' to leave unreadable files out (each one is reported)",
+)
+ROW_FIXES = Fixes(
+    "downscale the image, or pass a higher max_pixels (None: no limit)",
+    "re-encode the image and write the row again, or drop the row",
+)
+
+
+def _check_pixels(where: str, width: int, height: int, spec: DecodeSpec, fixes: Fixes) -> None:
+    max_pixels = spec.max_pixels
     if max_pixels is not None and width * height > max_pixels:
         raise CorruptFileError(
-            f"{path!r}: the image is {width} x {height} = {width * height:,} pixels, above "
-            f"max_pixels={max_pixels:,}; fix: downscale the file, or pass a higher max_pixels= "
-            "(None: no limit), or on_error='skip' to leave such files out (each one is reported)"
+            f"{where}: the image is {width} x {height} = {width * height:,} pixels, above "
+            f"max_pixels={max_pixels:,}; fix: {fixes.too_large}"
         )
 
 
-def _undecodable(path: str, err: BaseException) -> CorruptFileError:
-    return CorruptFileError(
-        f"{path!r}: cannot decode the image ({type(err).__name__}: {err}); fix: re-encode or remove the file, "
-        "or pass on_error='skip' to leave unreadable files out (each one is reported)"
-    )
+def _undecodable(where: str, err: BaseException, fixes: Fixes) -> CorruptFileError:
+    return CorruptFileError(f"{where}: cannot decode the image ({type(err).__name__}: {err}); fix: {fixes.undecodable}")
 
 
 def _finish(img: Image.Image, spec: DecodeSpec) -> Image.Image:
@@ -175,29 +205,31 @@ def _finish(img: Image.Image, spec: DecodeSpec) -> Image.Image:
     return out
 
 
-def _decode_pillow(path: str, f: IO[bytes], spec: DecodeSpec) -> tuple[Image.Image, str]:
+def _decode_pillow(where: str, f: IO[bytes], spec: DecodeSpec, fixes: Fixes) -> tuple[Image.Image, str]:
     h, w = spec.size
     with Image.open(f) as im:
-        _check_pixels(path, *im.size, spec.max_pixels)  # from the header: Image.open decodes nothing yet
+        _check_pixels(where, *im.size, spec, fixes)  # from the header: Image.open decodes nothing yet
         mode = source_mode(im)  # before load(), which forgets a 16-bit raw mode
         if is_high_depth(mode):
-            spec.pixels.check(path, im, mode)  # refused before decoding, unless declared
+            spec.pixels.check(where, im, mode)  # refused before decoding, unless declared
         if spec.decode == "fast" and im.format == "JPEG":
             im.draft(im.mode, (w, h))  # decode at the smallest 1/8..1 scale still >= the target
         im.load()
-        conversion = spec.pixels.check(path, im, mode)
+        conversion = spec.pixels.check(where, im, mode)
         out = _finish(im, spec)
         out.load()
         return out, conversion  # loaded: usable after the file is closed
 
 
-def _decode_simple(path: str, data: bytes, slot: np.ndarray[Any, Any], spec: DecodeSpec) -> Decoded | None:
+def _decode_simple(
+    where: str, data: bytes | memoryview, slot: np.ndarray[Any, Any], spec: DecodeSpec, fixes: Fixes
+) -> Decoded | None:
     """A JPEG through ``simplejpeg``; ``None`` when it is one Pillow must decode (CMYK, odd header)."""
     header = _jpeg_simple.read_header(data)
     if header is None:
         return None
     height, width, mode = header
-    _check_pixels(path, width, height, spec.max_pixels)
+    _check_pixels(where, width, height, spec, fixes)
     pillow_limit = Image.MAX_IMAGE_PIXELS
     if pillow_limit is not None and width * height > 2 * pillow_limit:  # what Image.open would refuse
         raise Image.DecompressionBombError(
@@ -207,7 +239,7 @@ def _decode_simple(path: str, data: bytes, slot: np.ndarray[Any, Any], spec: Dec
     try:
         conversion = spec.pixels.conversion(mode)  # RGB or L, 8-bit, opaque: refused only by mode="I;16"
     except SchemaError as err:
-        raise type(err)(f"{path!r}: {err}", field="image") from None
+        raise type(err)(f"{where}: {err}", field="image") from None
     scale = _jpeg_simple.draft_scale(height, width, spec.size) if spec.decode == "fast" else 1
     dh, dw = -(-height // scale), -(-width // scale)
     direct = (dh, dw) == spec.size and mode == spec.pixels.mode and spec.channels_last and slot.flags.c_contiguous
@@ -256,26 +288,110 @@ def _copy_into(slot: np.ndarray[Any, Any], img: Image.Image, spec: DecodeSpec) -
     return copies
 
 
-def decode_into(path: str, slot: np.ndarray[Any, Any], spec: DecodeSpec) -> Decoded:
+class BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without copying it: encoded bytes read in place."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self.view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self.view)}[whence]
+        if base + offset < 0:
+            raise OSError(f"seek to {base + offset}, before the start of the image")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        stop = len(self.view) if size is None or size < 0 else min(len(self.view), self._pos + size)
+        out = self.view[self._pos : stop].tobytes() if stop > self._pos else b""
+        self._pos = max(self._pos, stop)
+        return out
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, buffer: Any) -> int:
+        got = self.read(len(memoryview(buffer).cast("B")))
+        memoryview(buffer).cast("B")[: len(got)] = got
+        return len(got)
+
+
+def _decode_from(where: str, f: IO[bytes], slot: np.ndarray[Any, Any], spec: DecodeSpec, fixes: Fixes) -> Decoded:
+    """Decode the image ``f`` holds into ``slot``: ``simplejpeg`` for a JPEG it serves, else Pillow."""
+    src: IO[bytes] = f
+    if spec.decoder == "simplejpeg" and f.read(3) == b"\xff\xd8\xff":
+        data: bytes | memoryview = f.view if isinstance(f, BufferFile) else b"\xff\xd8\xff" + f.read()
+        done = _decode_simple(where, data, slot, spec, fixes)
+        if done is not None:
+            return done
+        if not isinstance(f, BufferFile):
+            src = io.BytesIO(data)  # already read: Pillow takes the bytes
+    src.seek(0)
+    img, conversion = _decode_pillow(where, src, spec, fixes)
+    return Decoded("Pillow", _copy_into(slot, img, spec), conversion)
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError)
+
+
+def decode_into(
+    path: str, slot: np.ndarray[Any, Any], spec: DecodeSpec, *, where: str | None = None, fixes: Fixes = FILE_FIXES
+) -> Decoded:
     """Decode ``path`` into ``slot`` (one sample of ``spec.shape``); :class:`CorruptFileError` names a bad file.
 
     A file whose mode the declared pixel format refuses raises that :class:`SchemaError` (naming it).
+    ``where`` names the image in messages (default: the path), ``fixes`` the fixes they offer.
     """
+    where = repr(path) if where is None else where
     try:
         with _no_bomb_warning(), _open_regular(path) as f:
-            src: IO[bytes] = f
-            if spec.decoder == "simplejpeg" and f.read(3) == b"\xff\xd8\xff":
-                data = b"\xff\xd8\xff" + f.read()
-                done = _decode_simple(path, data, slot, spec)
-                if done is not None:
-                    return done
-                src = io.BytesIO(data)  # already read: Pillow takes the bytes
-            src.seek(0)
-            img, conversion = _decode_pillow(path, src, spec)
-        return Decoded("Pillow", _copy_into(slot, img, spec), conversion)
+            return _decode_from(where, f, slot, spec, fixes)
     except (CorruptFileError, SchemaError):
         raise
     except FileNotFoundError:
-        raise CorruptFileError(f"{path!r}: the image file no longer exists") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
-        raise _undecodable(path, err) from None
+        raise CorruptFileError(f"{where}: the image file no longer exists") from None
+    except _DECODE_ERRORS as err:
+        raise _undecodable(where, err, fixes) from None
+
+
+def decode_bytes_into(data: Any, slot: np.ndarray[Any, Any], spec: DecodeSpec, where: str) -> Decoded:
+    """Decode the encoded image ``data`` (any buffer, read in place) into ``slot``, as :func:`decode_into`.
+
+    ``where`` names the image (its field and row) in messages.
+    """
+    try:
+        with _no_bomb_warning():
+            return _decode_from(where, cast("IO[bytes]", BufferFile(data)), slot, spec, ROW_FIXES)
+    except (CorruptFileError, SchemaError):
+        raise
+    except _DECODE_ERRORS as err:
+        raise _undecodable(where, err, ROW_FIXES) from None
+
+
+def record_decode(name: str, done: list[Decoded], spec: DecodeSpec, sample_bytes: int, origin: str = "") -> None:
+    """A batch's decode ledger row for field ``name``, naming the decoders and each conversion of a mode."""
+    if not done:
+        return
+    most = max(d.copies for d in done)
+    if most == 0:
+        how = "decoded straight into the batch slot"
+    elif most == 1:
+        how = "one copy into the batch slot"
+    else:
+        how = f"Pillow packs {'RGB' if spec.pixels.mode == 'RGB' else 'the pixels'}, then one copy into the slot"
+    decoders = " + ".join(sorted({d.decoder for d in done}))
+    conversions = "; ".join(sorted({d.conversion for d in done} - {"none"}))
+    mode = spec.pixels.mode + (f" ({conversions})" if conversions else "")
+    why = f"decode ({spec.decode}): {decoders} decode, {mode}, {spec.resample.name.lower()} resize, {how}"
+    record(DECODE, name, why + (f" ({origin})" if origin else ""), copied=sum(d.copies for d in done) * sample_bytes)

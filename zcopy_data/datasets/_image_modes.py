@@ -163,8 +163,8 @@ class PixelFormat:
             return "none"
         return _NAMED.get((mode, declared), f"{mode} to {declared} (Pillow's convert)")
 
-    def check(self, path: str, im: Any, mode: str) -> str:
-        """The conversion of a loaded image, in words; the error names the file.
+    def check(self, where: str, im: Any, mode: str) -> str:
+        """The conversion of a loaded image, in words; the error names the image (``where``: its file, quoted).
 
         ``mode`` is :func:`source_mode` of the image before it was loaded (loading forgets the raw
         mode). The alpha band is read only when it decides (``alpha="refuse"``, no alpha declared).
@@ -177,7 +177,7 @@ class PixelFormat:
         try:
             return self.conversion(mode, transparency)
         except SchemaError as err:
-            raise type(err)(f"{path!r}: {err}", field="image") from None
+            raise type(err)(f"{where}: {err}", field="image") from None
 
     def __str__(self) -> str:
         return f"mode={self.mode!r}" + (", alpha='drop'" if self.alpha == "drop" else "")

@@ -30,7 +30,7 @@ _COLORSPACE = {"RGB": "RGB", "L": "GRAY"}
 JpegHeader = tuple[int, int, str]  # height, width, Pillow mode
 
 
-def read_header(data: bytes) -> JpegHeader | None:
+def read_header(data: bytes | memoryview) -> JpegHeader | None:
     """``(height, width, mode)`` of a JPEG this decoder serves, else ``None`` (Pillow decodes it)."""
     import simplejpeg
 
@@ -49,7 +49,7 @@ def draft_scale(height: int, width: int, size: tuple[int, int]) -> int:
 
 
 def decode_jpeg(
-    data: bytes, mode: str, *, scale: int = 1, out: np.ndarray[Any, Any] | None = None
+    data: bytes | memoryview, mode: str, *, scale: int = 1, out: np.ndarray[Any, Any] | None = None
 ) -> np.ndarray[Any, Any]:
     """Decode to (H, W, C) uint8 in Pillow's ``mode`` (``RGB`` or ``L``), reduced by ``scale``, into ``out``."""
     import simplejpeg

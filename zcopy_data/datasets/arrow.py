@@ -37,10 +37,12 @@ from zcopy_data.datasets._arrow_columns import (
     dictionary_of,
     row_source,
 )
+from zcopy_data.datasets._arrow_images import ImageColumn, image_settings, refuse_undeclared, take_images
 from zcopy_data.datasets._arrow_ragged import RaggedColumn
 from zcopy_data.datasets._arrow_shards import ArrowShards, ShardInfo, check_schemas, scan_shard
 from zcopy_data.datasets._arrow_strings import STRINGS, StringColumn, is_string_type
 from zcopy_data.datasets._decode_cache import decoded_cache, default_cache_dir
+from zcopy_data.datasets._image_decode import DecodeSpec
 from zcopy_data.datasets._shards import DEFAULT_MAX_OPEN, arrow_shard_files
 from zcopy_data.datasets.base import ZeroCopyDataset, as_index
 from zcopy_data.errors import CorruptFileError, FileChangedError, SampleIndexError, SchemaError, UnsupportedColumnError
@@ -177,9 +179,18 @@ def _open_shard(
     strings: str,
     bools: str,
     ragged: Mapping[str, Mapping[str, Any]],
+    images: Mapping[str, DecodeSpec] | None = None,
+    first_rows: Mapping[str, int] | None = None,
 ) -> ArrowDataset:
-    """One shard of a sharded ``ArrowDataset``: a one-file dataset over the file it was scanned as."""
-    return ArrowDataset(path, columns, copy=copy, strings=strings, bools=bools, ragged=ragged, _identity=identity)
+    """One shard of a sharded ``ArrowDataset``: a one-file dataset over the file it was scanned as.
+
+    ``first_rows``: each shard's first dataset index (its image errors name dataset indices).
+    """
+    row0 = (first_rows or {}).get(path, 0)
+    return ArrowDataset(
+        path, columns, copy=copy, strings=strings, bools=bools, ragged=ragged, images=images, _identity=identity,
+        _row0=row0,
+    )  # fmt: skip
 
 
 class ArrowDataset(ZeroCopyDataset):
@@ -205,6 +216,14 @@ class ArrowDataset(ZeroCopyDataset):
             plus ``int32`` ``cu_seqlens``), ``"padded"`` or ``"nested"``, or ``{"output": ...,
             "pad_value": ...}`` (:mod:`zcopy_data.ragged`). Offsets are checked once; a batch of
             consecutive samples in one record batch is a view of the values.
+        images: encoded-image columns (a Hugging Face ``Image`` column, ``struct<bytes, path>``, or
+            ``binary``) decoded into ``uint8`` batches (``uint16`` with ``mode="I;16"``), by name: a
+            size (``(H, W)`` or an int) or a mapping of ``ImageFolderDataset``'s decode arguments
+            (``size``, ``mode``, ``alpha``, ``decode``, ``resample``, ``decoder``, ``channels_last``,
+            ``max_pixels``), with its fidelity rules. Each image's bytes are read in place from the
+            mapping and decoded straight into its slot of the batch (counted in the ledger); a row
+            with only a ``path`` reads that file (relative: from the Arrow file's folder); a null
+            image is refused.
 
     Raises:
         UnsupportedColumnError: a selected column has no zero-copy tensor (nulls, strings,
@@ -232,7 +251,9 @@ class ArrowDataset(ZeroCopyDataset):
         bools: str = "error",
         max_open: int = DEFAULT_MAX_OPEN,
         ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
+        images: Mapping[str, Any] | None = None,
         _identity: FileIdentity | None = None,
+        _row0: int = 0,
         _streamed: tuple[list[ShardInfo], Callable[[str, FileIdentity | None], ArrowDataset]] | None = None,
     ):
         if strings not in STRINGS:
@@ -251,6 +272,8 @@ class ArrowDataset(ZeroCopyDataset):
         self.strings = strings
         self.bools = bools
         self.ragged = ragged_settings(ragged)
+        self.images = image_settings(images)
+        self._row0 = _row0
         self._views_of_runs = not any(out == "padded" for out, _ in self.ragged.values())  # padded is built
         self.categories: dict[str, tuple[Any, ...]] = {}  # dictionary columns: their dictionaries
         self._selected = None if columns is None else list(columns)
@@ -262,6 +285,7 @@ class ArrowDataset(ZeroCopyDataset):
         self._shards: ArrowShards | None = None
         self._ragged: dict[str, RaggedColumn] = {}
         self._ragged_names: list[str] = []  # sharded: the ragged columns each shard serves
+        self._images: dict[str, ImageColumn] = {}
         if _streamed is not None:
             self._open_shards(_streamed[0], found_as, max_open, _streamed[1])
         elif len(files) == 1:
@@ -358,10 +382,15 @@ class ArrowDataset(ZeroCopyDataset):
         text = [n for n in wanted if self.strings == "list" and is_string_type(first_schema.field(n).type)]
         bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(first_schema.field(n).type)]
         ragged = {n: {"output": out, "pad_value": pad} for n, (out, pad) in self.ragged.items()}
+        first_rows = {}
+        if self.images:
+            rows = np.cumsum([0] + [sum(i.batch_rows) for i in infos])
+            first_rows = {i.path: int(r) for i, r in zip(infos, rows.tolist(), strict=False)}
         opener = fetch or partial(
-            _open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools, ragged=ragged
-        )
-        tensors = [n for n in wanted if n not in text and n not in bits and n not in ragged]
+            _open_shard, columns=list(wanted), copy=self.copy, strings=self.strings, bools=self.bools, ragged=ragged,
+            images=self.images, first_rows=first_rows,
+        )  # fmt: skip
+        tensors = [n for n in wanted if n not in text and n not in bits and n not in ragged and n not in self.images]
         shards = ArrowShards(infos, opener, tensors, max_open, check_files=fetch is None)
         first = next((s for s, info in enumerate(infos) if sum(info.batch_rows)), 0)
         reader = shards.shard(first)
@@ -393,20 +422,23 @@ class ArrowDataset(ZeroCopyDataset):
             )
         if len(set(wanted)) != len(wanted):
             raise SchemaError(f"{self.path!r}: columns {wanted} name a column twice")
-        stray = [n for n in self.ragged if n not in wanted]
-        if stray:
-            raise SchemaError(
-                f"{self.path!r}: ragged= names {stray}, not among the columns served {wanted}", field=stray[0]
-            )
+        _check_declared(repr(self.path), wanted, self.ragged, self.images)
         text = [n for n in wanted if self.strings == "list" and is_string_type(schema.field(n).type)]
         bits = [n for n in wanted if self.bools == "unpack" and pa.types.is_boolean(schema.field(n).type)]
         lists = {
             n: RaggedColumn(n, schema.field(n).type, *self.ragged[n], where=repr(self.path)) for n in self.ragged
         }
-        tensors = [n for n in wanted if n not in text and n not in bits and n not in lists]
+        tensors = [n for n in wanted if n not in text and n not in bits and n not in lists and n not in self.images]
+        refuse_undeclared(schema, tensors)
         specs = [column_spec(n, schema.field(n).type) for n in tensors]
         _check_byte_order(self.path, mapped, batches)
         numbered = [(i, b) for i, b in enumerate(batches) if b.num_rows]  # empty record batches hold no rows
+        folder = os.path.dirname(os.path.abspath(self.path))
+        self._images = {
+            n: ImageColumn(n, numbered, schema, spec, where=repr(self.path), folder=folder, mapped=mapped,
+                           row0=self._row0)
+            for n, spec in self.images.items()
+        }  # fmt: skip
         starts = np.zeros(len(numbered) + 1, dtype=np.int64)
         np.cumsum([b.num_rows for _, b in numbered], out=starts[1:])
         views: dict[str, list[np.ndarray[Any, Any]]] = {}
@@ -425,6 +457,7 @@ class ArrowDataset(ZeroCopyDataset):
         self._bools = {n: BoolColumn(n, numbered, repr(self.path)) for n in bits}
         self._bool_names = bits
         fields.update((n, Field(torch.bool, ())) for n in bits)
+        fields.update((n, col.field) for n, col in self._images.items())
         fields = {n: fields[n] for n in wanted if n in fields}
         self.categories = {
             spec.name: dictionary_of(spec.name, [b.column(spec.name) for _, b in numbered], repr(self.path))
@@ -472,8 +505,8 @@ class ArrowDataset(ZeroCopyDataset):
 
     @property
     def threads_suffice(self) -> bool:
-        """Views and ``index_select`` over the mapping release the GIL; string columns as lists do not."""
-        return not self._text
+        """Views and ``index_select`` over the mapping release the GIL; string lists and image decodes do not."""
+        return not self._text and not self.images
 
     def check_sources(self) -> None:
         """The files are still the ones the dataset was built on (one ``stat`` per mapped file and batch)."""
@@ -486,7 +519,7 @@ class ArrowDataset(ZeroCopyDataset):
 
     def batch_is_view(self, run: Run | None) -> bool:
         """A contiguous run inside one record batch, with no string or bool column, is a view."""
-        if run is None or self.copy or self._text or self._bool_names or run[0] >= run[1]:
+        if run is None or self.copy or self._text or self._bool_names or self.images or run[0] >= run[1]:
             return False
         if not self._views_of_runs:
             return False  # a padded ragged column is built, not viewed
@@ -512,6 +545,7 @@ class ArrowDataset(ZeroCopyDataset):
         out.update((name, col.item(c, k)) for name, col in self._ragged.items())
         out.update((name, col.item(i)) for name, col in self._text.items())
         out.update((name, col.item(i)) for name, col in self._bools.items())
+        out.update((name, col.item(i)) for name, col in self._images.items())
         return {name: out[name] for name in self._order}
 
     def build_batch(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
@@ -524,6 +558,10 @@ class ArrowDataset(ZeroCopyDataset):
             out.update((n, self._shards.take_bools(n, indices, allocation, self.origin)) for n in self._bool_names)
             view = None if self.copy else run
             out.update((n, self._shards.take_ragged(n, indices, view, allocation)) for n in self._ragged_names)
+            shards = self._shards
+            out.update(
+                (n, take_images(shards, n, spec, indices, allocation, self.origin)) for n, spec in self.images.items()
+            )
         else:
             out = self._gather_tensors(indices, run, allocation)
             if self._ragged:
@@ -531,7 +569,8 @@ class ArrowDataset(ZeroCopyDataset):
             if self._text:
                 out.update((name, col.take(indices, COLLATE, self.origin)) for name, col in self._text.items())
             out.update((n, col.take(indices, allocation, self.origin)) for n, col in self._bools.items())
-        reorder = self._text or self._bools or self._ragged or self._ragged_names
+            out.update((n, col.take(indices, allocation, self.origin)) for n, col in self._images.items())
+        reorder = self._text or self._bools or self._ragged or self._ragged_names or self.images
         return {name: out[name] for name in self._order} if reorder else out
 
     def _gather_ragged(self, indices: Indices, run: Run | None, allocation: Allocation) -> dict[str, Any]:
@@ -606,7 +645,7 @@ class ArrowDataset(ZeroCopyDataset):
     # -- pickling: workers map the file themselves ----------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("_mapped", "_views", "_sources", "_starts", "_text", "_bools", "_ragged"):
+        for key in ("_mapped", "_views", "_sources", "_starts", "_text", "_bools", "_ragged", "_images"):
             state.pop(key, None)
         return state
 
@@ -618,6 +657,7 @@ class ArrowDataset(ZeroCopyDataset):
             self._text = dict.fromkeys(self._text_names)  # type: ignore[assignment]
             self._bools = {}
             self._ragged = {}
+            self._images = {}
             return
         try:
             self._open()
@@ -629,6 +669,18 @@ class ArrowDataset(ZeroCopyDataset):
     def __repr__(self) -> str:
         shards = "" if self._shards is None else f", {len(self.paths)} shards"
         return f"ArrowDataset({Path(self.path).name!r}{shards}, {self._n} samples, {self.schema})"
+
+
+def _check_declared(where: str, wanted: Sequence[str], ragged: Mapping[str, Any], images: Mapping[str, Any]) -> None:
+    """``ragged=`` and ``images=`` name columns served, each at most one of them."""
+    for option, names in (("ragged", ragged), ("images", images)):
+        stray = [n for n in names if n not in wanted]
+        if stray:
+            raise SchemaError(f"{where}: {option}= names {stray}, not among the columns served {list(wanted)}",
+                              field=stray[0])  # fmt: skip
+    both = [n for n in ragged if n in images]
+    if both:
+        raise SchemaError(f"{where}: {both} named in both ragged= and images=; a column is one of them", field=both[0])
 
 
 def _describe(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> str:

@@ -24,7 +24,14 @@ from torch.utils.data import get_worker_info
 from zcopy_data._requests import Indices, Run
 from zcopy_data._storage import nbytes
 from zcopy_data.datasets import _jpeg_simple
-from zcopy_data.datasets._image_decode import Decoded, DecodeSpec, check_max_pixels, decode_into, resample_filter
+from zcopy_data.datasets._image_decode import (
+    Decoded,
+    DecodeSpec,
+    check_max_pixels,
+    decode_into,
+    record_decode,
+    resample_filter,
+)
 from zcopy_data.datasets._image_files import IMG_EXTENSIONS, not_regular, scan_folder
 from zcopy_data.datasets._image_modes import PixelFormat
 from zcopy_data.datasets._image_skips import ReportedBatch, Skip, in_worker_process, register, warn
@@ -35,7 +42,7 @@ from zcopy_data.memory.gather import take_rows
 from zcopy_data.memory.policy import Allocation
 from zcopy_data.schema import Field, Schema
 
-__all__ = ["ImageFolderDataset", "simplejpeg_matches_pillow"]
+__all__ = ["ImageFolderDataset", "decode_spec", "simplejpeg_matches_pillow"]
 
 
 def simplejpeg_matches_pillow() -> bool:
@@ -82,6 +89,34 @@ def _decoder(decoder: str, decode: str) -> str:
             "build), so decode='exact' cannot hold; use decoder='auto' or 'pillow', or decode='fast'"
         )
     return "simplejpeg"
+
+
+def decode_spec(
+    size: int | Sequence[int],
+    *,
+    mode: str = "RGB",
+    alpha: str = "refuse",
+    decode: str = "exact",
+    resample: Any = "bilinear",
+    decoder: str = "auto",
+    channels_last: bool = False,
+    max_pixels: int | Literal[_Default.PILLOW] | None = _PILLOW_LIMIT,
+) -> DecodeSpec:
+    """The declared decode of every image, from ``ImageFolderDataset``'s arguments (validated, resolved)."""
+    if max_pixels is _PILLOW_LIMIT:
+        from PIL import Image
+
+        pillow = Image.MAX_IMAGE_PIXELS
+        max_pixels = None if pillow is None else int(pillow)
+    return DecodeSpec(
+        _size(size),
+        PixelFormat(mode, alpha),
+        resample_filter(resample),
+        decode,
+        _decoder(decoder, decode),
+        channels_last,
+        check_max_pixels(max_pixels),
+    )
 
 
 def _default_threads() -> int:
@@ -252,11 +287,6 @@ class ImageFolderDataset(ZeroCopyDataset):
     ) -> None:
         if on_error not in _ON_ERROR:
             raise ValueError(f"{on_error=} should be one of {_ON_ERROR}")
-        if max_pixels is _PILLOW_LIMIT:
-            from PIL import Image
-
-            pillow = Image.MAX_IMAGE_PIXELS
-            max_pixels = None if pillow is None else int(pillow)
         if threads is not None and threads < 1:
             raise ValueError(f"{threads=} should be >= 1, or None for the cores available")
         try:
@@ -265,15 +295,8 @@ class ImageFolderDataset(ZeroCopyDataset):
             raise SchemaError("field 'label': labels must be integers; map class names to ids first") from None
         if lab.ndim != 1 or (lab.size and lab.min() < 0):
             raise SchemaError("field 'label': labels must be a 1-D sequence of integers >= 0", field="label")
-        self.spec = DecodeSpec(
-            _size(size),
-            PixelFormat(mode, alpha),
-            resample_filter(resample),
-            decode,
-            _decoder(decoder, decode),
-            channels_last,
-            check_max_pixels(max_pixels),
-        )
+        self.spec = decode_spec(size, mode=mode, alpha=alpha, decode=decode, resample=resample, decoder=decoder,
+                                channels_last=channels_last, max_pixels=max_pixels)  # fmt: skip
         self.files = files
         self.classes = classes
         self.class_to_idx = None if classes is None else {c: i for i, c in enumerate(classes)}
@@ -393,25 +416,7 @@ class ImageFolderDataset(ZeroCopyDataset):
 
     def _record_decode(self, done: list[Decoded], sample_bytes: int) -> None:
         """The batch's decode ledger row, naming the decoders and each conversion of a file's mode."""
-        if not done:
-            return
-        spec = self.spec
-        most = max(d.copies for d in done)
-        if most == 0:
-            how = "decoded straight into the batch slot"
-        elif most == 1:
-            how = "one copy into the batch slot"
-        else:
-            how = f"Pillow packs {'RGB' if spec.pixels.mode == 'RGB' else 'the pixels'}, then one copy into the slot"
-        decoders = " + ".join(sorted({d.decoder for d in done}))
-        conversions = "; ".join(sorted({d.conversion for d in done} - {"none"}))
-        mode = spec.pixels.mode + (f" ({conversions})" if conversions else "")
-        record(
-            DECODE,
-            "image",
-            f"decode ({spec.decode}): {decoders} decode, {mode}, {self.resample} resize, {how}",
-            copied=sum(d.copies for d in done) * sample_bytes,
-        )
+        record_decode("image", done, self.spec, sample_bytes)
 
     def _skip(self, index: int, err: CorruptFileError) -> Skip:
         """Keep and count a skipped file; warn here unless a worker process sends it to the main process."""
