@@ -96,8 +96,13 @@ def test_batch_across_shards_is_exactly_one_gather_per_field(shard_files, data):
     assert rows["x"].bytes_copied == idx.size * 24 and rows["x"].events == 1
     assert rows["y"].bytes_copied == idx.size * 8 and rows["y"].events == 1
     assert not any(_in_a_file_mapping(t) for t in batch.values())
+    assert rows["x"].reason.endswith("; rows from more than 3 shards")  # 4 shards: counted, not listed
     span = zero_copy_collate(ds.__getitems__(range(140, 160)))  # contiguous, but across shards 0 and 1
-    assert torch.equal(span["y"], torch.arange(140, 160)) and "shards" in LEDGER.rows[-1].reason
+    assert torch.equal(span["y"], torch.arange(140, 160))
+    assert LEDGER.rows[-1].reason.endswith("; rows from shards 'part-00.arrow', 'part-01.arrow'")  # the copy's shards
+    LEDGER.reset()
+    zero_copy_collate(ds.__getitems__([460, 455]))  # inside shard 3, out of order
+    assert {r.reason.rsplit("; ", 1)[1] for r in LEDGER.rows} == {"rows from shard 'part-03.arrow'"}
 
 
 def test_loader_over_shards_sees_every_sample_once_shuffled(shard_files, data):

@@ -264,5 +264,5 @@ def take_images(
         pos = np.flatnonzero(shard_of == s)
         base = int(shards.table.starts[shards.table.first_chunk[s]])
         done += shards.shard(s)._images[name].decode_rows(indices[pos] - base, slots, pos)
-    record_decode(name, done, spec, nbytes(out) // max(1, indices.size), origin)
+    record_decode(name, done, spec, nbytes(out) // max(1, indices.size), f"{origin}; {shards.rows_from(chunk)}")
     return out

@@ -125,6 +125,10 @@ def _views_of(reader: ArrowDataset) -> dict[str, list[np.ndarray[Any, Any]]]:
     return reader._views
 
 
+_NAMED_SHARDS = 3
+"""A copy's ledger reason names the shards its rows came from up to this many."""
+
+
 class ArrowShards:
     """Global indices over several Arrow shards, each a one-file ``ArrowDataset`` opened on demand.
 
@@ -230,6 +234,7 @@ class ArrowShards:
     def gather(self, indices: Indices, allocation: Allocation, why: str) -> dict[str, torch.Tensor]:
         """One ``index_select`` per field into one buffer, whichever shards the rows live in."""
         chunk = self.table.chunks_of(indices)
+        why = f"{why}; {self.rows_from(chunk)}"
         plan = self.planner.plan_for(chunk)
         if plan is None:  # more shards than may be open at once: each touched one held for this batch
             return self._gather_held(chunk, indices - self.table.starts[chunk], allocation, why)
@@ -237,6 +242,15 @@ class ArrowShards:
         for name, buf in out.items():
             record(COLLATE, name, why, copied=nbytes(buf))
         return out
+
+    def rows_from(self, chunk: Indices) -> str:
+        """The shards a copy's rows came from, for its ledger reason: named up to 3, else counted
+        as "more than 3" (one reason, so a shuffled epoch over many shards stays one ledger row)."""
+        touched = np.unique(self.table.shard_of[chunk]).tolist()
+        if len(touched) > _NAMED_SHARDS:
+            return f"rows from more than {_NAMED_SHARDS} shards"
+        names = ", ".join(repr(os.path.basename(self.infos[s].path.rstrip("/"))) for s in touched)
+        return f"rows from shard{'s' if len(touched) > 1 else ''} {names}"
 
     def _specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Each tensor field's dtype and per-sample shape (the first open shard's, every shard's)."""
@@ -315,7 +329,8 @@ class ArrowShards:
             pos = np.flatnonzero(shards == s)
             base = int(self.table.starts[self.table.first_chunk[s]])
             self.shard(s)._bools[name].unpack_into(out, pos, indices[pos] - base)
-        record(COLLATE, name, f"{UNPACK_REASON} (bools='unpack', {origin})", copied=buf.numel())
+        why = f"{UNPACK_REASON} (bools='unpack', {origin}); {self.rows_from(chunk)}"
+        record(COLLATE, name, why, copied=buf.numel())
         return buf
 
     def take_text(self, name: str, indices: Indices, origin: str) -> list[str]:
