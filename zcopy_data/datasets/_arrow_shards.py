@@ -127,6 +127,7 @@ def _views_of(reader: ArrowDataset) -> dict[str, list[np.ndarray[Any, Any]]]:
 
 _NAMED_SHARDS = 3
 """A copy's ledger reason names the shards its rows came from up to this many."""
+_MANY_SHARDS = f"rows from more than {_NAMED_SHARDS} shards"
 
 
 class ArrowShards:
@@ -167,10 +168,14 @@ class ArrowShards:
         self.cache = self._new_cache()
         self.expected: Schema | None = None  # the first shard's schema, once it is open
         self._spec_cache: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
+        self._reasons: dict[tuple[int, ...], str] = {}  # rows_from's, by the shards touched
 
     def _new_cache(self) -> ShardCache[ArrowDataset]:
         cache: ShardCache[ArrowDataset] = ShardCache(
-            self._open, self.max_open, lambda s, r: self.table.note_open(s, r._views)
+            self._open,
+            self.max_open,
+            lambda s, r: self.table.note_open(s, r._views),
+            path_of=(lambda s: self.infos[s].path) if self.check_files else None,
         )
         self.planner = SpanPlanner(self.table, cache, _views_of)
         return cache
@@ -208,7 +213,8 @@ class ArrowShards:
     def check_unchanged(self) -> None:
         """The shards opened in this process are still the files they were scanned as.
 
-        One ``stat`` per open shard, every batch; a shard is also checked when it is opened.
+        Every batch: a ``stat`` of each open shard whose file saw a change since the last batch
+        (of every open shard where files cannot be watched); a shard is also checked when opened.
         """
         if self.check_files:
             self.cache.check_some(self._check)
@@ -245,12 +251,28 @@ class ArrowShards:
 
     def rows_from(self, chunk: Indices) -> str:
         """The shards a copy's rows came from, for its ledger reason: named up to 3, else counted
-        as "more than 3" (one reason, so a shuffled epoch over many shards stays one ledger row)."""
-        touched = np.unique(self.table.shard_of[chunk]).tolist()
-        if len(touched) > _NAMED_SHARDS:
-            return f"rows from more than {_NAMED_SHARDS} shards"
-        names = ", ".join(repr(os.path.basename(self.infos[s].path.rstrip("/"))) for s in touched)
-        return f"rows from shard{'s' if len(touched) > 1 else ''} {names}"
+        as "more than 3" (one reason, so a shuffled epoch over many shards stays one ledger row).
+
+        Runs once per batch: two reductions and a lookup of the reason already formatted.
+        """
+        shards = self.table.shard_of[chunk]
+        if shards.size == 0:
+            return "no rows"
+        lo, hi = int(shards.min()), int(shards.max())
+        if lo == hi:
+            key: tuple[int, ...] = (lo,)
+        else:
+            flags = np.zeros(hi - lo + 1, dtype=bool)
+            flags[shards - lo] = True
+            touched = np.flatnonzero(flags)
+            if touched.size > _NAMED_SHARDS:
+                return _MANY_SHARDS
+            key = tuple((touched + lo).tolist())
+        found = self._reasons.get(key)
+        if found is None:
+            names = ", ".join(repr(os.path.basename(self.infos[s].path.rstrip("/"))) for s in key)
+            found = self._reasons[key] = f"rows from shard{'s' if len(key) > 1 else ''} {names}"
+        return found
 
     def _specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Each tensor field's dtype and per-sample shape (the first open shard's, every shard's)."""

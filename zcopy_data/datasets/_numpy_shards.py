@@ -95,7 +95,10 @@ class ShardedField:
 
     def _new_cache(self) -> ShardCache[np.ndarray[Any, Any]]:
         cache: ShardCache[np.ndarray[Any, Any]] = ShardCache(
-            self._open, self.max_open, lambda s, arr: self.table.note_open(s, {self.name: [arr]})
+            self._open,
+            self.max_open,
+            lambda s, arr: self.table.note_open(s, {self.name: [arr]}),
+            path_of=lambda s: self.shards[s].path,
         )
         self.planner = SpanPlanner(self.table, cache, self._views_of)
         return cache
@@ -145,7 +148,8 @@ class ShardedField:
         return span_gather(self.name, addr, within, base, allocation)
 
     def check_unchanged(self) -> None:
-        """Open shards are still their files: one ``stat`` each, every batch."""
+        """Open shards are still their files: a ``stat`` of each one whose file saw a change (all of
+        them where files cannot be watched), every batch."""
         self.cache.check_some(self._check)
 
     def _check(self, s: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from zcopy_data._file_watch import FileWatch
 from zcopy_data.errors import CorruptFileError, SchemaError
 
 __all__ = [
@@ -166,7 +167,13 @@ class ShardCache(Generic[R]):
     what the reader says (addresses) consistently with what the cache holds.
     """
 
-    def __init__(self, opener: Callable[[int], R], max_open: int, on_open: Callable[[int, R], None]) -> None:
+    def __init__(
+        self,
+        opener: Callable[[int], R],
+        max_open: int,
+        on_open: Callable[[int, R], None],
+        path_of: Callable[[int], str] | None = None,
+    ) -> None:
         if max_open < 1:
             raise ValueError(f"{max_open=} should be >= 1")
         self._opener = opener
@@ -176,6 +183,10 @@ class ShardCache(Generic[R]):
         self._checked: OrderedDict[int, None] = OrderedDict()  # open shards, least recently checked first
         self.lock = threading.RLock()
         self.generation = 0  # moves on whenever the set of open shards changes
+        # with path_of, open shards' files are watched: a batch checks only those that saw a change
+        self._path_of = path_of
+        self._watch = FileWatch() if path_of is not None else None
+        self._due: set[int] = set()  # to check at the next batch whatever the watch says
 
     def get(self, i: int) -> R:
         """Shard ``i``, opened now if it is not open (call with :attr:`lock` held to batch lookups)."""
@@ -184,6 +195,9 @@ class ShardCache(Generic[R]):
             if reader is not None:
                 self._open.move_to_end(i)
                 return reader
+            if self._watch is not None and self._path_of is not None:
+                self._watch.add(i, self._path_of(i))
+                self._due.add(i)  # what changed between the opener's check and the watch: checked once
             reader = self._opener(i)  # checks the file against the identity it was scanned as
             self._open[i] = reader
             self._checked[i] = None
@@ -192,6 +206,9 @@ class ShardCache(Generic[R]):
             while len(self._open) > self.max_open:
                 gone, _ = self._open.popitem(last=False)  # its mapping goes once no batch views it
                 self._checked.pop(gone, None)
+                self._due.discard(gone)
+                if self._watch is not None:
+                    self._watch.remove(gone)
             return reader
 
     def opened(self) -> list[tuple[int, R]]:
@@ -200,21 +217,41 @@ class ShardCache(Generic[R]):
 
     def check_some(self, check: Callable[[int], None], limit: int | None = CHECKS_PER_BATCH) -> None:
         """Run ``check(i)`` on the open shards (``limit``: at most that many, those checked longest
-        ago first; ``None``, the default: all of them)."""
+        ago first; ``None``, the default: all of them).
+
+        With a watch, only the open shards whose file saw a change since the last batch (or that
+        cannot be watched) are checked: the same shards fail, for one system call instead of one
+        per open shard. A shard whose check fails is checked again at every batch after.
+        """
         with self.lock:
-            due = list(self._checked)[:limit]
+            changed = self._watch.changed() if self._watch is not None else None  # None: check them all
+            if changed is None:
+                due = list(self._checked)[:limit]
+                for i in due:
+                    self._checked.move_to_end(i)
+            else:
+                assert self._watch is not None
+                due = [i for i in self._due | changed | self._watch.unwatched if i in self._open]
+            self._due.clear()
+        try:
             for i in due:
-                self._checked.move_to_end(i)
-        for i in due:
-            check(i)
+                check(i)
+        except BaseException:
+            with self.lock:
+                self._due.update(i for i in due if i in self._open)
+            raise
 
     def is_open(self, i: int) -> bool:
         return i in self._open
 
     def clear(self) -> None:
         with self.lock:
+            if self._watch is not None:
+                for i in self._open:
+                    self._watch.remove(i)
             self._open.clear()
             self._checked.clear()
+            self._due.clear()
             self.generation += 1
 
     def __len__(self) -> int:
