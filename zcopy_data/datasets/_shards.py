@@ -198,7 +198,13 @@ class ShardCache(Generic[R]):
             if self._watch is not None and self._path_of is not None:
                 self._watch.add(i, self._path_of(i))
                 self._due.add(i)  # what changed between the opener's check and the watch: checked once
-            reader = self._opener(i)  # checks the file against the identity it was scanned as
+            try:
+                reader = self._opener(i)  # checks the file against the identity it was scanned as
+            except BaseException:
+                self._due.discard(i)
+                if self._watch is not None:
+                    self._watch.remove(i)  # not open: no watch left behind
+                raise
             self._open[i] = reader
             self._checked[i] = None
             self._on_open(i, reader)
