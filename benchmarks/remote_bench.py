@@ -100,6 +100,15 @@ def _epoch(loader: Any) -> int:
     return n
 
 
+def _later_epochs(loader: Any, set_epoch: Any, first: int) -> int:
+    """Samples of ``WARM_EPOCHS`` epochs from epoch ``first`` on (the warm figure's)."""
+    n = 0
+    for e in range(first, first + WARM_EPOCHS):
+        set_epoch(e)
+        n += _epoch(loader)
+    return n
+
+
 def _timed(epoch: Any, rows: int, what: str) -> float:
     t0 = time.perf_counter()
     n = epoch()
@@ -128,11 +137,7 @@ def zcopy_epochs(url: str, endpoint: str, cache: Path, rows: int, seed: int, cac
         return _epoch(made["loader"])
 
     def warm() -> int:
-        n = 0
-        for e in range(1, 1 + WARM_EPOCHS):
-            made["sampler"].set_epoch(e)
-            n += _epoch(made["loader"])
-        return n
+        return _later_epochs(made["loader"], made["sampler"].set_epoch, 1)
 
     rates = [_timed(cold, rows, "zcopy cold epoch"), _timed(warm, rows * WARM_EPOCHS, "zcopy warm epochs")]
     made["shards"].close()
@@ -147,14 +152,7 @@ def local_epochs(folder: Path, rows: int, seed: int) -> list[float]:
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=zero_copy_collate)
     _epoch(loader)
 
-    def warm() -> int:
-        n = 0
-        for e in range(1, 1 + WARM_EPOCHS):
-            sampler.set_epoch(e)
-            n += _epoch(loader)
-        return n
-
-    return [_timed(warm, rows * WARM_EPOCHS, "local epochs")]
+    return [_timed(lambda: _later_epochs(loader, sampler.set_epoch, 1), rows * WARM_EPOCHS, "local epochs")]
 
 
 def litdata_epochs(url: str, endpoint: str, cache: Path, rows: int, seed: int) -> list[float]:
@@ -173,11 +171,7 @@ def litdata_epochs(url: str, endpoint: str, cache: Path, rows: int, seed: int) -
         return _epoch(made["loader"])
 
     def warm() -> int:
-        n = 0
-        for e in range(2, 2 + WARM_EPOCHS):
-            made["ds"].set_epoch(e)
-            n += _epoch(made["loader"])
-        return n
+        return _later_epochs(made["loader"], made["ds"].set_epoch, 2)
 
     return [_timed(cold, rows, "litdata cold epoch"), _timed(warm, rows * WARM_EPOCHS, "litdata warm epochs")]
 
