@@ -65,8 +65,11 @@ class Permutation:
         x = np.asarray(positions, dtype=np.int64).astype(_U64).reshape(-1)
         x = self._round_trip(x)
         limit = np.uint64(self.n)
-        out = x >= limit
-        while out.any():  # cycle walking: at most a few rounds, on ever fewer values
-            x[out] = self._round_trip(x[out])
-            out = x >= limit
+        # cycle walking: a few more round trips, each on the values still out of range only (a
+        # pass over the whole array per round trip would cost more than the walk itself)
+        out = np.flatnonzero(x >= limit)
+        while out.size:
+            y = self._round_trip(x[out])
+            x[out] = y
+            out = out[y >= limit]
         return x.astype(np.int64)

@@ -23,6 +23,7 @@ __all__ = [
     "CopyLedger",
     "LedgerRow",
     "capture",
+    "held",
     "record",
     "record_all",
 ]
@@ -151,11 +152,17 @@ LEDGER = CopyLedger()
 
 _local = threading.local()
 _open_captures = 0  # captures open in any thread: while none is, a record looks for none
+_open_holds = 0  # the same for held blocks
 _captures_lock = threading.Lock()
 
 
 def record(stage: str, field: str, reason: str, *, viewed: int = 0, copied: int = 0) -> None:
     """Count one stage's work on one field of one batch."""
+    if _open_holds:
+        hold: list[Record] | None = getattr(_local, "hold", None)
+        if hold is not None:
+            hold.append((stage, field, reason, viewed, copied))
+            return
     LEDGER._add((stage, field, reason), viewed, copied)
     if _open_captures:
         captures: list[list[Record]] | None = getattr(_local, "captures", None)
@@ -167,6 +174,11 @@ def record(stage: str, field: str, reason: str, *, viewed: int = 0, copied: int 
 
 def record_all(records: Sequence[Record]) -> None:
     """:func:`record` for each of ``records`` ``(stage, field, reason, viewed, copied)``, in order."""
+    if _open_holds:
+        hold: list[Record] | None = getattr(_local, "hold", None)
+        if hold is not None:
+            hold.extend(records)
+            return
     LEDGER.extend(records)
     if _open_captures:
         captures: list[list[Record]] | None = getattr(_local, "captures", None)
@@ -193,3 +205,26 @@ def capture() -> Iterator[list[Record]]:
             _open_captures -= 1
         # by identity: list.remove compares by value, and nested sinks may hold equal records
         del captures[next(i for i, c in enumerate(captures) if c is sink)]
+
+
+@contextmanager
+def held() -> Iterator[list[Record]]:
+    """Keep the records this thread makes inside the block out of the ledger and every capture.
+
+    For work done ahead for several batches at once: the caller records its share for each
+    batch with :func:`record_all` when that batch is handed out, so the ledger counts batches
+    delivered, not batches built. Not nested: a block inside another raises.
+    """
+    global _open_holds
+    if getattr(_local, "hold", None) is not None:
+        raise RuntimeError("ledger.held() blocks do not nest")
+    sink: list[Record] = []
+    _local.hold = sink
+    with _captures_lock:
+        _open_holds += 1
+    try:
+        yield sink
+    finally:
+        with _captures_lock:
+            _open_holds -= 1
+        _local.hold = None

@@ -49,11 +49,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_convert
 
 from zcopy_data._accelerator import accelerator
+from zcopy_data._batch_groups import build_group, group_size
 from zcopy_data._index_batches import index_batches, known_order
 from zcopy_data._requests import BatchRequest
 from zcopy_data._tree import map_tensors
 from zcopy_data.collate import zero_copy_collate
 from zcopy_data.datasets.base import ZeroCopyDataset
+from zcopy_data.ledger import record_all
 from zcopy_data.memory.policy import Allocation, GatherThreadAllocation, main_process_allocation
 from zcopy_data.memory.shared import PoolConfig
 from zcopy_data.resume import LoaderProgress
@@ -277,7 +279,11 @@ def _pin(data: Any) -> Any:
 
 
 class _Batches(Iterator[Any]):
-    """One epoch without workers: indices, the dataset's batch, the collate, in this thread."""
+    """One epoch without workers: indices, the dataset's batch, the collate, in this thread.
+
+    Small batches of a dataset whose batches split along rows are built a few at a time
+    (:mod:`zcopy_data._batch_groups`): the same batches, one Python round trip per group.
+    """
 
     def __init__(self, loader: ZeroCopyDataLoader, allocation: Allocation, skip: int = 0) -> None:
         self._loader = loader
@@ -286,6 +292,9 @@ class _Batches(Iterator[Any]):
         self._indices = _indices_for(loader, skip)
         self._pin = _pin_flag(loader)
         self._fetch = _fetcher(loader, allocation)
+        self._group = _group_for(loader, allocation)
+        self._allocation = allocation
+        self._ready: deque[tuple[Any, Any]] = deque()
 
     def __iter__(self) -> _Batches:
         return self
@@ -297,12 +306,48 @@ class _Batches(Iterator[Any]):
         if _profiling():
             with torch.autograd.profiler.record_function(self._name):
                 return self._next()
+        if self._group > 1:
+            return self._next_of_group()
         data = self._fetch(next(self._indices))  # _next, inlined: this runs once per batch
         return _pin(data) if self._pin else data
 
     def _next(self) -> Any:
+        if self._group > 1:
+            return self._next_of_group()
         data = self._fetch(next(self._indices))
         return _pin(data) if self._pin else data
+
+    def _next_of_group(self) -> Any:
+        ready = self._ready
+        if not ready:
+            batches = list(itertools.islice(self._indices, self._group))
+            if not batches:
+                raise StopIteration
+            built = build_group(self._loader.dataset, batches, self._allocation)
+            ready.extend(((_LATER, b) for b in batches) if built is None else built)
+        data, records = ready.popleft()
+        if data is _LATER:
+            data = self._fetch(records)  # built alone, at its turn
+        else:
+            record_all(records)  # this batch's share of the group's work, counted as it is handed out
+        return _pin(data) if self._pin else data
+
+
+_LATER = object()  # a queued index batch still to be built
+
+
+def _group_for(loader: ZeroCopyDataLoader, allocation: Allocation) -> int:
+    """How many index batches one build covers (see :mod:`zcopy_data._batch_groups`)."""
+    sampler = loader.batch_sampler
+    if sampler is None or loader.collate_fn is not zero_copy_collate or not isinstance(loader.dataset, ZeroCopyDataset):
+        return 1
+    size = getattr(sampler, "batch_size", None)
+    if not isinstance(size, int):
+        return 1
+    try:
+        return group_size(loader.dataset, size, allocation)
+    except Exception:  # a source that cannot be read yet raises at its first batch, as before
+        return 1
 
 
 def _indices_for(loader: ZeroCopyDataLoader, skip: int = 0) -> Iterator[Any]:

@@ -517,6 +517,13 @@ class ArrowDataset(ZeroCopyDataset):
         elif self._identity is not None:
             check_unchanged(self.path, self._identity)
 
+    @property
+    def splits_by_rows(self) -> bool:
+        """Fixed-shape tensor columns only: strings are lists, ragged columns carry offsets."""
+        if self._text or self.images or self._ragged or self._ragged_names:
+            return False
+        return all(f.is_fixed for f in self.schema.values())
+
     def batch_is_view(self, run: Run | None) -> bool:
         """A contiguous run inside one record batch, with no string or bool column, is a view."""
         if run is None or self.copy or self._text or self._bool_names or self.images or run[0] >= run[1]:

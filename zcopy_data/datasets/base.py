@@ -115,6 +115,15 @@ class ZeroCopyDataset(Dataset[Any]):
         return type(self).build_batch is not ZeroCopyDataset.build_batch
 
     @property
+    def splits_by_rows(self) -> bool:
+        """True when the batch of several index batches, cut along its first dimension, is each
+        of those batches: every field one fixed-shape row per index, built alike whichever
+        indices share a batch. The loader then builds small batches a few at a time (one
+        Python round trip for several). Columnar datasets with fixed-shape fields are; a
+        ``build_batch`` override says so itself."""
+        return self.is_columnar and not self.gathers_batches and all(f.is_fixed for f in self.schema.values())
+
+    @property
     def threads_suffice(self) -> bool:
         """True when a batch is assembled by kernels that release the GIL (views, ``index_select``).
 

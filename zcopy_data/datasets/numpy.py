@@ -192,6 +192,10 @@ class ShardedNumpyDataset(NumpyDataset):
     def columns(self) -> dict[str, np.ndarray[Any, Any]]:
         raise TypeError("a sharded NumpyDataset has no single array per field; index it or fetch batches")
 
+    @property
+    def splits_by_rows(self) -> bool:
+        return all(f.is_fixed for f in self.schema.values())
+
     def batch_is_view(self, run: Run | None) -> bool:
         return not self.copy and self._sharded.is_view(run)
 

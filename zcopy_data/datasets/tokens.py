@@ -168,6 +168,10 @@ class TokenDataset(ZeroCopyDataset):
     def threads_suffice(self) -> bool:
         return True  # views and index_select: kernels that release the GIL
 
+    @property
+    def splits_by_rows(self) -> bool:
+        return "cu_seqlens" not in self.fields  # per batch; positions and document ids are per row
+
     def batch_is_view(self, run: Run | None) -> bool:
         return run is not None and self.stride == self.seq_len and not self.copy
 
