@@ -29,8 +29,8 @@ from zcopy_data.ledger import Record, held
 
 __all__ = ["Built", "build_group", "group_size"]
 
-GROUP_BYTES = 1 << 20  # a group's output at most: it is read back while still in cache
-MAX_GROUP = 16  # past this the Python per batch is already small next to the copy
+GROUP_BYTES = 1 << 21  # a group's output at most: it is read back while still in cache
+MAX_GROUP = 32  # past this the Python per batch is already small next to the copy
 _INT64 = np.dtype(np.int64)
 
 Built = tuple[dict[str, torch.Tensor], list[Record]]  # a batch and its ledger records
