@@ -13,12 +13,17 @@ tokens (every offset, nanoGPT's sampling), batch 64:
   ``ZeroCopyDataLoader(batch_sampler=LazyShuffleSampler(...))``: uint16 as stored, both fields
   contiguous;
 * ``zcopy+cast``: the same behind ``DevicePrefetcher(device="cpu", cast=int64)``: widened by the
-  declared device cast, the form a CPU run trains on.
+  declared device cast, the form a CPU run trains on;
+* ``litdata`` (where it installs: ``pip install --no-deps litdata``): the same tokens written by
+  ``litdata.optimize`` with ``TokensLoader``, read by ``StreamingDataset(item_loader=TokensLoader(257),
+  shuffle=True)`` through ``StreamingDataLoader``. It serves disjoint blocks of 257 tokens, so it is
+  compared with ``zcopy blocks``: ``TokenDataset(path, 256, stride=257)``, the same blocks, shuffled.
 
 Torch runs on one thread (the contenders are single-threaded Python loops). Goals: ``zcopy`` >= 3x
 ``numpy`` and >= 30x ``nanogpt``; ``zcopy+cast`` >= 1.5x ``numpy``.
 
 Run: ``python benchmarks/tokens_bench.py [--json out.json]`` (about a minute on 2 cores).
+litdata has no goal here; its ratio is reported.
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ def vectorised(path: str, seed: int) -> Callable[[], Any]:
     return get_batch
 
 
-def zcopy(path: str, seed: int, cast: bool) -> Callable[[], Any]:
-    ds = TokenDataset(path, BLOCK, stride=1, dtype=np.uint16)
+def zcopy(path: str, seed: int, cast: bool, stride: int = 1) -> Callable[[], Any]:
+    ds = TokenDataset(path, BLOCK, stride=stride, dtype=np.uint16)
     sampler = LazyShuffleSampler(ds, BATCH, seed=seed)
     loader = ZeroCopyDataLoader(ds, batch_sampler=sampler)
 
@@ -84,6 +89,41 @@ def zcopy(path: str, seed: int, cast: bool) -> Callable[[], Any]:
         return loader
 
     return forever(epoch)
+
+
+def litdata_blocks(path: str, folder: str, seed: int) -> Callable[[], Any] | None:
+    """litdata's token path over the same tokens, or ``None`` where litdata is not installed."""
+    try:
+        from litdata import StreamingDataLoader, StreamingDataset, optimize
+        from litdata.streaming.item_loader import TokensLoader
+    except ImportError:
+        return None
+    out = os.path.join(folder, "litdata")
+    optimize(fn=_token_pieces, inputs=[(path, i) for i in range(_pieces(path))], output_dir=out,
+             chunk_size=(BLOCK + 1) * 8192, item_loader=TokensLoader(), num_workers=1, mode="overwrite",
+             verbose=False, start_method="fork")
+    ds = StreamingDataset(out, item_loader=TokensLoader(block_size=BLOCK + 1), shuffle=True, seed=seed,
+                          drop_last=True)
+    loader = StreamingDataLoader(ds, batch_size=BATCH, num_workers=0)
+
+    def epoch(e: int) -> Any:
+        ds.set_epoch(e)
+        return loader
+
+    return forever(epoch)
+
+
+_PIECE = 1 << 20  # tokens per optimize input: a document-sized unit, as a tokenizer would yield
+
+
+def _pieces(path: str) -> int:
+    return -(-os.path.getsize(path) // 2 // _PIECE)
+
+
+def _token_pieces(item: tuple[str, int]) -> Any:
+    path, i = item
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    yield np.array(tokens[i * _PIECE : (i + 1) * _PIECE])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             "zcopy": zcopy(path, 0, cast=False),
             "zcopy+cast": zcopy(path, 0, cast=True),
         }
+        lit = litdata_blocks(path, tmp, 0)
+        if lit is not None:
+            contenders["litdata"] = lit
+            contenders["zcopy blocks"] = zcopy(path, 0, cast=False, stride=BLOCK + 1)
         first = contenders["zcopy"]()
         x, y = first["input"], first["target"]
         assert x.dtype == torch.uint16 and x.is_contiguous() and y.is_contiguous()
@@ -114,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         "zcopy / nanogpt >= 30": classify([rd["zcopy"] / rd["nanogpt"] for rd in rounds], 30.0),
         "zcopy+cast / numpy >= 1.5": classify([rd["zcopy+cast"] / rd["numpy"] for rd in rounds], 1.5),
     }
+    if "litdata" in names:  # no goal: the ratio is reported (a goal of 1.0 only to classify it)
+        blocks = [rd["zcopy blocks"] / rd["litdata"] for rd in rounds]
+        targets["zcopy blocks / litdata (reported)"] = classify(blocks, 1.0)
+    else:
+        print("litdata is not installed (pip install --no-deps litdata): its row is left out")
     print(f"{args.tokens:,} uint16 tokens, windows of {BLOCK + 1}, batch {BATCH}, torch threads 1")
     for n in names:
-        print(f"  {n:<11} {medians[n] / 1e3:9.1f}k windows/s (median of {len(rounds)} rounds)")
+        print(f"  {n:<12} {medians[n] / 1e3:9.1f}k windows/s (median of {len(rounds)} rounds)")
     for name, t in targets.items():
         t["name"] = name
         print(f"  {describe(t)}")
