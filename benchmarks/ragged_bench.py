@@ -3,7 +3,10 @@ per-sample path users write today (a ``Dataset`` returning one array per sample 
 calls ``torch.nn.utils.rnn.pad_sequence``), in one process, taking turns (paired rounds).
 
 Data: ``--docs`` documents of 1-512 ``int32`` tokens (mean ~256), shuffled batches of 64, 0 workers,
-torch on one thread. Run: ``python benchmarks/ragged_bench.py [--json out.json]``.
+torch on one thread. The same documents are also written by pyarrow as a ``large_list<int32>``
+column of an Arrow IPC file (record batches of 65,536 rows) and read by ``ArrowDataset(path,
+ragged={"tokens": ...})``: the ``arrow packed`` and ``arrow padded`` rows.
+Run: ``python benchmarks/ragged_bench.py [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
@@ -24,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zcopy_bench.turns import forever, paired_rounds
 from zcopy_bench.verdict import classify, describe
 
-from zcopy_data import LazyShuffleSampler, NumpyDataset, Ragged, ZeroCopyDataLoader
+from zcopy_data import ArrowDataset, LazyShuffleSampler, NumpyDataset, Ragged, ZeroCopyDataLoader
 
 BATCH = 64
 
@@ -63,15 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     for output in ("packed", "padded", "nested"):
         ds = NumpyDataset({"tokens": Ragged(values, offsets, output=output)})
         loaders[output] = ZeroCopyDataLoader(ds, batch_sampler=LazyShuffleSampler(ds, BATCH, seed=0))
+    tmp = tempfile.TemporaryDirectory()
+    path = os.path.join(tmp.name, "docs.arrow")
+    column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    table = pa.table({"tokens": column})
+    with pa.ipc.new_file(path, table.schema) as w:
+        w.write_table(table, max_chunksize=65_536)
+    for output in ("packed", "padded"):
+        arrow = ArrowDataset(path, ragged={"tokens": output})
+        loaders[f"arrow {output}"] = ZeroCopyDataLoader(arrow, batch_sampler=LazyShuffleSampler(arrow, BATCH, seed=0))
     contenders = {n: forever(lambda _epoch, loader=loader: loader) for n, loader in loaders.items()}
     rounds = paired_rounds(contenders, args.rounds, args.seconds, BATCH)
+    tmp.cleanup()
     names = list(contenders)
     medians = {n: float(np.median([rd[n] for rd in rounds])) for n in names}
     print(f"{args.docs:,} documents of 1-512 int32 tokens, shuffled batches of {BATCH}, torch threads 1")
     for n in names:
         print(f"  {n:<13} {medians[n] / 1e3:8.1f}k samples/s (median of {len(rounds)} rounds)")
     targets = {}
-    for n in ("packed", "padded", "nested"):
+    for n in ("packed", "padded", "nested", "arrow packed", "arrow padded"):
         t = classify([rd[n] / rd["pad_sequence"] for rd in rounds], 1.0)
         t["name"] = f"{n} / pad_sequence >= 1"
         targets[n] = t
