@@ -17,3 +17,8 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     rm -rf "$probe"
 fi
 "${pip[@]}" install -c "$(dirname "$0")/constraints.txt" -e ".[$extras]"
+if [[ ",$extras," == *",dev,"* ]]; then
+    # a writer the tests read the files of, whose own requirements would pull another torch build:
+    # installed without them (its indexed-dataset builder needs only NumPy and torch)
+    "${pip[@]}" install --no-deps "megatron-core==0.16.1"
+fi
