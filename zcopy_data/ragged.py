@@ -207,25 +207,37 @@ def gather_target(output: str, alloc: Allocation) -> Allocation:
 
 
 def segments_output(
-    name: str, output: str, pad_value: Any, values: torch.Tensor, lengths: _Ints, cu64: _Ints, alloc: Allocation
+    name: str,
+    output: str,
+    pad_value: Any,
+    values: torch.Tensor,
+    lengths: _Ints,
+    cu64: _Ints,
+    alloc: Allocation,
+    where: str = "",
 ) -> Any:
-    """A batch's gathered values (its samples back to back, lengths ``lengths``) as ``output`` says."""
+    """A batch's gathered values (its samples back to back, lengths ``lengths``) as ``output`` says.
+
+    ``where``: appended to the values' ledger reason (a sharded source names its shards there)."""
     if output == "padded":
-        return _padded(name, pad_value, values, lengths, cu64, alloc)
-    record(COLLATE, name, "gather: ragged segments of the batch", copied=nbytes(values))
+        return _padded(name, pad_value, values, lengths, cu64, alloc, where)
+    record(COLLATE, name, f"gather: ragged segments of the batch{where}", copied=nbytes(values))
     cu = alloc((lengths.size + 1,), torch.int32)
     cu.numpy()[:] = cu64
     record(COLLATE, f"{name}.cu_seqlens", "offsets: the batch's", copied=nbytes(cu))
     return _as_output(output, values, cu)
 
 
-def view_segments(name: str, output: str, values: torch.Tensor, offsets: _Ints, alloc: Allocation) -> Any:
+def view_segments(
+    name: str, output: str, values: torch.Tensor, offsets: _Ints, alloc: Allocation, where: str = ""
+) -> Any:
     """A contiguous run of samples as a view of ``values`` (its first value to its last) plus rebased offsets.
 
-    ``offsets``: the run's ``B + 1`` offsets into ``values``' rows; ``output`` is "packed" or "nested".
+    ``offsets``: the run's ``B + 1`` offsets into ``values``' rows; ``output`` is "packed" or "nested";
+    ``where`` is appended to the view's ledger reason.
     """
     vals = values[int(offsets[0]) : int(offsets[-1])]
-    record(COLLATE, name, "view: ragged values of contiguous samples", viewed=nbytes(vals))
+    record(COLLATE, name, f"view: ragged values of contiguous samples{where}", viewed=nbytes(vals))
     cu = alloc((offsets.size,), torch.int32)
     np.subtract(offsets, offsets[0], out=cu.numpy(), casting="unsafe")
     record(COLLATE, f"{name}.cu_seqlens", "offsets: rebased for the batch", copied=nbytes(cu))
@@ -239,7 +251,7 @@ def _as_output(output: str, vals: torch.Tensor, cu: torch.Tensor) -> Any:
 
 
 def _padded(
-    name: str, pad_value: Any, seg: torch.Tensor, lengths: _Ints, cu64: _Ints, alloc: Allocation
+    name: str, pad_value: Any, seg: torch.Tensor, lengths: _Ints, cu64: _Ints, alloc: Allocation, where: str = ""
 ) -> dict[str, torch.Tensor]:
     """The samples ``seg`` holds back to back, placed in a ``(B, max_len, *inner)`` buffer filled with ``pad_value``."""
     batch, inner = lengths.size, seg.shape[1:]
@@ -249,7 +261,8 @@ def _padded(
     rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
     cols = np.arange(seg.shape[0], dtype=np.int64) - np.repeat(cu64[:-1], lengths)
     buf.view(batch * width, *inner).index_copy_(0, torch.from_numpy(rows * width + cols), seg)
-    record(COLLATE, name, "pad: segments gathered, then placed in a padded buffer", copied=nbytes(seg) + nbytes(buf))
+    why = f"pad: segments gathered, then placed in a padded buffer{where}"
+    record(COLLATE, name, why, copied=nbytes(seg) + nbytes(buf))
     lens = alloc((batch,), torch.int64)
     lens.numpy()[:] = lengths
     mask = alloc((batch, width), torch.bool)

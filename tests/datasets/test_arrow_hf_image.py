@@ -98,6 +98,22 @@ def test_png_rows_across_three_shards_equal_pillows_pipeline(
     assert int(ds[7]["label"]) == 7
 
 
+def test_an_image_column_of_a_parquet_export_is_decoded_from_the_cache(
+    tmp_path: Path, pictures: list[Image.Image]
+) -> None:
+    hf = datasets.Dataset.from_dict({"image": pictures, "label": list(range(len(pictures)))}, features=FEATURES)
+    hf.to_parquet(str(tmp_path / "train.parquet"))  # the Hub's format: PNG bytes in a struct column
+    with pytest.raises(UnsupportedColumnError, match=r"field .image.: .*encoded images.*images="):  # refused first
+        ArrowDataset.from_parquet(tmp_path / "train.parquet", cache_dir=tmp_path / "cache")
+    images = {"image": {"size": SIZE}}
+    ds = ArrowDataset.from_parquet(tmp_path / "train.parquet", cache_dir=tmp_path / "cache", images=images)
+    idx = [11, 0, 5, 3]
+    batch = zero_copy_collate(ds.__getitems__(idx))
+    want = np.stack([_reference(pictures[i], "RGB", Image.Resampling.BILINEAR) for i in idx])
+    assert np.array_equal(batch["image"].numpy(), want) and batch["label"].tolist() == idx
+    assert ds.origin == "IPC cache of a Parquet file"
+
+
 def test_the_decode_is_a_counted_ledger_step_and_the_bytes_are_read_in_place(hf_folder: Path) -> None:
     ds = ArrowDataset(hf_folder, images={"image": {"size": SIZE}})
     with capture() as records:

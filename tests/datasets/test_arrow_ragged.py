@@ -169,6 +169,21 @@ def test_shards_serve_one_ragged_column_across_files(tmp_path: Path, docs, outpu
             assert torch.equal(flat, torch.from_numpy(np.concatenate([docs[i] for i in idx])))
 
 
+@pytest.mark.parametrize("output", ["packed", "padded"])
+def test_ragged_ledger_reasons_name_the_shards_the_values_came_from(tmp_path: Path, docs, output: str) -> None:
+    paths = [_write(tmp_path / f"s{i}.arrow", docs[i * 100 : (i + 1) * 100], batch_rows=30) for i in range(3)]
+    ds = ArrowDataset(paths, ragged={"tokens": output})
+    with capture() as records:
+        zero_copy_collate(ds.__getitems__([5, 150, 7]))  # shards 0 and 1
+    (reason,) = {r[2] for r in records if r[1] == "tokens"}
+    assert reason.endswith("; rows from shards 's0.arrow', 's1.arrow'")
+    if output == "packed":
+        with capture() as records:
+            zero_copy_collate(ds.__getitems__(list(range(210, 220))))  # a run inside one record batch of s2
+        (reason,) = {r[2] for r in records if r[1] == "tokens"}
+        assert reason == "view: ragged values of contiguous samples; rows from shard 's2.arrow'"
+
+
 def test_a_hugging_face_folder_of_shards_with_a_sequence_column(tmp_path: Path, docs) -> None:
     datasets = pytest.importorskip("datasets")
     hf = datasets.Dataset.from_dict(

@@ -136,6 +136,11 @@ def unsupported_reason(typ: pa.DataType) -> tuple[str, str] | None:
     if t.is_null(typ):
         return "the column holds only nulls", _SKIP_FIX.removeprefix("or ")
     if t.is_struct(typ):
+        if {typ.field(i).name for i in range(typ.num_fields)} == {"bytes", "path"}:  # a Hugging Face Image
+            return (
+                "it holds encoded images (a Hugging Face Image column: bytes and path)",
+                f"decode them into each batch with images={{<this field>: {{'size': (H, W)}}}} {_SKIP_FIX}",
+            )
         return "struct columns hold several fields", f"flatten them (table.flatten()) {_SKIP_FIX}"
     return f"type {typ} has no fixed-width tensor layout", _SKIP_FIX.removeprefix("or ")
 

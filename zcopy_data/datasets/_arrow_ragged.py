@@ -89,10 +89,10 @@ class RaggedColumn:
         off = self.offsets[c]
         return self.values[c][int(off[k]) : int(off[k + 1])]
 
-    def view(self, c: int, k: int, stop: int, allocation: Allocation) -> Any:
+    def view(self, c: int, k: int, stop: int, allocation: Allocation, where: str = "") -> Any:
         """Samples ``k:stop`` of chunk ``c`` ("packed"/"nested"): a view of the values, ``B + 1`` offsets copied."""
         t = torch.from_numpy(self.values[c])
-        return view_segments(self.name, self.output, t, self.offsets[c][k : stop + 1], allocation)
+        return view_segments(self.name, self.output, t, self.offsets[c][k : stop + 1], allocation, where)
 
     def gather(self, mapped: np.ndarray[Any, Any], indices: _Ints, allocation: Allocation) -> Any:
         """The samples ``indices`` (dataset-wide): one copy of exactly their values."""

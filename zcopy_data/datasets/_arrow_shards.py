@@ -310,7 +310,8 @@ class ArrowShards:
             found = self.view_chunk(run)
             if found is not None and found[0]._ragged[name].output != "padded":
                 reader, c, k = found
-                return reader._ragged[name].view(c, k, k + run[1] - run[0], allocation)
+                where = f"; rows from shard {os.path.basename(reader.path.rstrip('/'))!r}"
+                return reader._ragged[name].view(c, k, k + run[1] - run[0], allocation, where)
         chunk, within = self.table.locate(indices)
         begins = np.zeros(indices.size, dtype=np.int64)
         lengths = np.zeros(indices.size, dtype=np.int64)
@@ -339,7 +340,8 @@ class ArrowShards:
         else:
             seg = span_gather(name, np.repeat(addresses, lengths), rows, base_view, target)
         del held  # the shards may be unmapped from here on: the batch owns its bytes
-        return segments_output(name, col.output, col.pad_value, seg, lengths, cu, allocation)
+        where = f"; {self.rows_from(chunk)}"
+        return segments_output(name, col.output, col.pad_value, seg, lengths, cu, allocation, where)
 
     def take_bools(self, name: str, indices: Indices, allocation: Allocation, origin: str) -> torch.Tensor:
         """A bool column of a batch across shards, unpacked into one ``torch.bool`` buffer (counted once)."""

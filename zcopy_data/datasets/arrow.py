@@ -142,11 +142,16 @@ def _check_byte_order(path: str, mapped: np.ndarray[Any, Any], batches: list[pa.
         )
 
 
-def _check_types(schema: pa.Schema, *, strings: str) -> None:
-    """Refuse a column whose type can never be zero-copy before spending a decode on it."""
+def _check_types(schema: pa.Schema, *, strings: str, bools: str = "error", served: set[str] | None = None) -> None:
+    """Refuse a column whose type can never be served before spending a decode on it: not one
+    read in place, and not one a setting serves (``strings``, ``bools``, and the ``served``
+    names of ``images=`` / ``ragged=``, checked by the dataset itself once the cache is built)."""
     for f in schema:
-        if not (strings == "list" and is_string_type(f.type)):
-            column_spec(f.name, f.type)
+        if strings == "list" and is_string_type(f.type):
+            continue
+        if (bools == "unpack" and pa.types.is_boolean(f.type)) or f.name in (served or ()):
+            continue
+        column_spec(f.name, f.type)
 
 
 def _chunks(
@@ -304,15 +309,20 @@ class ArrowDataset(ZeroCopyDataset):
         progress: bool | None = None,
         strings: str = "error",
         ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
+        bools: str = "error",
+        images: Mapping[str, Any] | None = None,
     ) -> ArrowDataset:
         """A Parquet file, decoded once into an IPC cache file and served zero-copy from it.
 
         The cache (in ``cache_dir``, default :func:`default_cache_dir`) is reused while the
         Parquet file's size and modification time are unchanged; only the chosen ``columns``
         are decoded. Decoding shows a progress bar for large files (``progress`` forces it on
-        or off) and is counted once in the ledger (stage ``decode``).
+        or off) and is counted once in the ledger (stage ``decode``). ``strings``, ``ragged``,
+        ``bools`` and ``images`` mean what they mean for the dataset itself: a Hugging Face
+        ``Image`` column of a Parquet export (``images={"image": {"size": (H, W)}}``) keeps its
+        encoded bytes in the cache and is decoded into each batch.
         """
-        return cls._from_cache(path, "parquet", columns, cache_dir, copy, progress, strings, ragged)
+        return cls._from_cache(path, "parquet", columns, cache_dir, copy, progress, strings, ragged, bools, images)
 
     @classmethod
     def from_compressed(
@@ -325,9 +335,11 @@ class ArrowDataset(ZeroCopyDataset):
         progress: bool | None = None,
         strings: str = "error",
         ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
+        bools: str = "error",
+        images: Mapping[str, Any] | None = None,
     ) -> ArrowDataset:
         """A compressed IPC / Feather file (lz4, zstd), decompressed once into a cache; see :meth:`from_parquet`."""
-        return cls._from_cache(path, "ipc", columns, cache_dir, copy, progress, strings, ragged)
+        return cls._from_cache(path, "ipc", columns, cache_dir, copy, progress, strings, ragged, bools, images)
 
     @classmethod
     def _from_cache(
@@ -340,6 +352,8 @@ class ArrowDataset(ZeroCopyDataset):
         progress: bool | None,
         strings: str,
         ragged: Mapping[str, str | Mapping[str, Any]] | None = None,
+        bools: str = "error",
+        images: Mapping[str, Any] | None = None,
     ) -> ArrowDataset:
         """Decode ``path`` once into an IPC cache (``kind`` "parquet" or "ipc") and serve it zero-copy."""
         cache, reused = decoded_cache(
@@ -348,9 +362,9 @@ class ArrowDataset(ZeroCopyDataset):
             cache_dir=cache_dir,
             columns=columns,
             progress=progress,
-            check=partial(_check_types, strings=strings),
+            check=partial(_check_types, strings=strings, bools=bools, served=set(images or ()) | set(ragged or ())),
         )
-        ds = cls(cache, columns, copy=copy, strings=strings, ragged=ragged)
+        ds = cls(cache, columns, copy=copy, strings=strings, ragged=ragged, bools=bools, images=images)
         what = "a Parquet file" if kind == "parquet" else "a compressed file"
         ds.source, ds.cache_reused, ds.origin = os.fspath(path), reused, f"IPC cache of {what}"
         return ds
