@@ -19,8 +19,15 @@ from zcopy_data import (
     ZeroCopyDataLoader,
     explain,
 )
+from zcopy_data._batch_groups import group_size
 from zcopy_data.datasets import TokenDataset
 from zcopy_data.ledger import LEDGER, capture, held, record
+from zcopy_data.memory.policy import (
+    ExactPinnedAllocation,
+    HostAllocation,
+    PinnedAllocation,
+    SharedAllocation,
+)
 
 SEQ = 16
 
@@ -116,6 +123,24 @@ def test_a_bad_index_is_raised_at_its_own_batch_after_the_good_ones() -> None:
         next(it)
 
 
+class FailingBatches(ArrayBatches):
+    """Yields its batches, then raises: a sampler that breaks mid-epoch."""
+
+    def __iter__(self) -> Any:
+        yield from super().__iter__()
+        raise ValueError("the sampler broke")
+
+
+def test_a_sampler_error_is_raised_after_the_batches_drawn_before_it() -> None:
+    src = np.arange(400, dtype=np.float32).reshape(100, 4)
+    loader = ZeroCopyDataLoader(NumpyDataset({"x": src}), batch_sampler=FailingBatches([[3, 1], [9, 4]]))
+    it = iter(loader)
+    assert np.array_equal(next(it)["x"].numpy(), src[[3, 1]])
+    assert np.array_equal(next(it)["x"].numpy(), src[[9, 4]])
+    with pytest.raises(ValueError, match="the sampler broke"):
+        next(it)
+
+
 @pytest.mark.parametrize("stop", [3, 13])  # inside the first group, and inside a later one
 def test_an_epoch_resumed_inside_a_group_sees_each_window_once(bin_file: Path, stop: int) -> None:
     ds = TokenDataset(bin_file, SEQ, stride=1, dtype=np.uint16)
@@ -159,3 +184,11 @@ def test_held_records_reach_neither_the_ledger_nor_a_capture_and_do_not_nest() -
     assert seen == [] and LEDGER.bytes_copied == 0
     record("collate", "x", "gather: test", copied=10)  # after the block: counted again
     assert LEDGER.bytes_copied == 10
+
+
+def test_groups_are_built_in_host_and_pinned_buffers_never_in_per_batch_ones(bin_file: Path) -> None:
+    ds = TokenDataset(bin_file, SEQ, stride=1, dtype=np.uint16)  # 64 bytes a row
+    assert group_size(ds, 8, HostAllocation()) == 32 == group_size(ds, 8, PinnedAllocation())
+    assert group_size(ds, 8, SharedAllocation()) == 1  # a worker sends each batch's own segment
+    assert group_size(ds, 8, ExactPinnedAllocation()) == 1  # a device stage waits on each batch's buffer
+    assert group_size(ds, 2**15, HostAllocation()) == 1  # 2 MiB a batch: nothing to amortise

@@ -32,6 +32,7 @@ __all__ = ["Built", "build_group", "group_size"]
 GROUP_BYTES = 1 << 21  # a group's output at most: it is read back while still in cache
 MAX_GROUP = 32  # past this the Python per batch is already small next to the copy
 _INT64 = np.dtype(np.int64)
+_GROUPED_KINDS = ("host", "pinned")
 
 Built = tuple[dict[str, torch.Tensor], list[Record]]  # a batch and its ledger records
 
@@ -39,10 +40,14 @@ Built = tuple[dict[str, torch.Tensor], list[Record]]  # a batch and its ledger r
 def group_size(dataset: Any, batch_size: int, allocation: Any) -> int:
     """How many index batches of ``batch_size`` to build at once (1: one by one).
 
-    Groups are built for plain host buffers only: shared-memory and pinned buffers are per batch
-    by contract (a worker sends each batch's segment, a device copy waits on each batch's own).
+    Groups are built in host buffers and in torch's pinned ones (its allocator keeps a pinned
+    block until every copy reading any view of it has completed). Shared-memory and exact pinned
+    buffers are per batch by contract: a worker sends each batch's segment, and a device stage
+    waits on each batch's own buffer before reusing it.
     """
-    if batch_size < 1 or getattr(allocation, "kind", None) != "host" or not getattr(dataset, "splits_by_rows", False):
+    if batch_size < 1 or getattr(allocation, "kind", None) not in _GROUPED_KINDS:
+        return 1
+    if not getattr(dataset, "splits_by_rows", False):
         return 1
     row: int = sum(math.prod(f.shape) * _itemsize(f.dtype) for f in dataset.schema.values())
     if row <= 0:

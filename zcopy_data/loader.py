@@ -320,20 +320,32 @@ class _Batches(Iterator[Any]):
     def _next_of_group(self) -> Any:
         ready = self._ready
         if not ready:
-            batches = list(itertools.islice(self._indices, self._group))
-            if not batches:
-                raise StopIteration
+            batches: list[Any] = []
+            failed: BaseException | None = None
+            try:
+                for _ in range(self._group):
+                    batches.append(next(self._indices))
+            except StopIteration:
+                if not batches:
+                    raise
+            except Exception as err:  # the sampler's error, raised after the batches drawn before it
+                failed = err
             built = build_group(self._loader.dataset, batches, self._allocation)
             ready.extend(((_LATER, b) for b in batches) if built is None else built)
+            if failed is not None:
+                ready.append((_FAILED, failed))
         data, records = ready.popleft()
         if data is _LATER:
             data = self._fetch(records)  # built alone, at its turn
+        elif data is _FAILED:
+            raise records
         else:
             record_all(records)  # this batch's share of the group's work, counted as it is handed out
         return _pin(data) if self._pin else data
 
 
 _LATER = object()  # a queued index batch still to be built
+_FAILED = object()  # the sampler's error, due after the batches drawn before it
 
 
 def _group_for(loader: ZeroCopyDataLoader, allocation: Allocation) -> int:
