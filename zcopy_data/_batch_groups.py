@@ -49,14 +49,10 @@ def group_size(dataset: Any, batch_size: int, allocation: Any) -> int:
         return 1
     if not getattr(dataset, "splits_by_rows", False):
         return 1
-    row: int = sum(math.prod(f.shape) * _itemsize(f.dtype) for f in dataset.schema.values())
+    row: int = sum(math.prod(f.shape) * f.dtype.itemsize for f in dataset.schema.values())
     if row <= 0:
         return 1
     return max(1, min(MAX_GROUP, GROUP_BYTES // (row * batch_size)))
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def build_group(dataset: Any, batches: Sequence[Any], allocation: Any) -> list[Built] | None:
