@@ -192,3 +192,33 @@ def test_groups_are_built_in_host_and_pinned_buffers_never_in_per_batch_ones(bin
     assert group_size(ds, 8, SharedAllocation()) == 1  # a worker sends each batch's own segment
     assert group_size(ds, 8, ExactPinnedAllocation()) == 1  # a device stage waits on each batch's buffer
     assert group_size(ds, 2**15, HostAllocation()) == 1  # 2 MiB a batch: nothing to amortise
+
+
+def test_gather_threads_build_groups_too_with_the_same_batches_and_errors_in_their_turn(
+    bin_file: Path, tokens: np.ndarray
+) -> None:
+    ds = TokenDataset(bin_file, SEQ, stride=1, dtype=np.uint16)
+    sampler = LazyShuffleSampler(ds, 6, seed=5)
+    loader = ZeroCopyDataLoader(ds, batch_sampler=sampler, num_workers=2)
+    assert loader.uses_threads
+    LEDGER.reset()
+    batches = list(loader)
+    order = list(sampler)
+    assert [len(b["input"]) for b in batches] == [len(i) for i in order]
+    for batch, idx in zip(batches, order, strict=True):
+        x, y = _windows(tokens, idx)
+        assert np.array_equal(batch["input"].numpy(), x) and np.array_equal(batch["target"].numpy(), y)
+    a, b = batches[0]["input"], batches[1]["input"]
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # one thread call built both
+    assert LEDGER.copied("collate") == sum(2 * len(i) * SEQ * 2 for i in order)  # each batch counted once
+
+    src = np.arange(400, dtype=np.float32).reshape(100, 4)
+    bad = ZeroCopyDataLoader(
+        NumpyDataset({"x": src}), batch_sampler=ArrayBatches([[1, 2, 4, 3], [5, 0, 7, 6], [9, 100000, 8, 1]]),
+        num_workers=2,
+    )
+    it = iter(bad)
+    assert np.array_equal(next(it)["x"].numpy(), src[[1, 2, 4, 3]])
+    assert np.array_equal(next(it)["x"].numpy(), src[[5, 0, 7, 6]])
+    with pytest.raises(SampleIndexError, match=r"index 100000 \(position 1 in the batch\)"):
+        next(it)

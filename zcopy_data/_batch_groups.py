@@ -4,7 +4,8 @@ A shuffled batch of 64 token windows moves 64 KiB; the Python around it (the req
 index check, the allocation, the ledger) costs as much as the copy itself. When a dataset says
 its batches split along rows (:attr:`~zcopy_data.ZeroCopyDataset.splits_by_rows`: every field
 one fixed-shape row per index, nothing that depends on which indices share a batch), the loader
-without workers builds up to :func:`group_size` consecutive index batches with one call, into
+(without workers, or on one of its gather threads, where a hand-off per batch costs as much again)
+builds up to :func:`group_size` consecutive index batches with one call, into
 one buffer per field, and hands out views of it, one batch at a time: the same rows in the same
 order as built one by one, each batch contiguous. The ledger counts a batch when it is handed
 out, with its share of the group's work (:func:`zcopy_data.ledger.held`), so ``explain`` and

@@ -452,6 +452,26 @@ class _Failed:
         self.error = error
 
 
+class _Group:
+    """Several gather requests built by one thread in one call (see :mod:`zcopy_data._batch_groups`)."""
+
+    __slots__ = ("future", "requests")
+
+    def __init__(self, future: Future[Any], requests: list[BatchRequest]) -> None:
+        self.future = future
+        self.requests = requests
+
+
+class _Ready:
+    """A batch of a group, built, with its share of the group's ledger records."""
+
+    __slots__ = ("data", "records")
+
+    def __init__(self, data: Any, records: Any) -> None:
+        self.data = data
+        self.records = records
+
+
 class _ThreadBatches(Iterator[Any]):
     """``num_workers`` gather threads, ``num_workers * prefetch_factor`` batches ahead, in order."""
 
@@ -467,7 +487,7 @@ class _ThreadBatches(Iterator[Any]):
         self._lookahead = max(4 * self._ahead, 32)
         self._pin = _pin_flag(loader)
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[Any] | BatchRequest | _Failed] = deque()
+        self._pending: deque[Any] = deque()  # futures, requests built when due, groups, errors
         # only zero_copy_collate's own requests are known to be views before they are built
         self._inline = _is_zero_copy_collate(loader.collate_fn) and isinstance(self._dataset, ZeroCopyDataset)
         self._base_seed = _draw_base_seed(loader)
@@ -481,6 +501,9 @@ class _ThreadBatches(Iterator[Any]):
         self._collate_fn = _collate_for(loader, allocation)
         self._allocation = allocation
         self._direct = self._inline and loader.collate_fn is zero_copy_collate  # its own requests, built here
+        # small batches: a thread builds several per call, so the hand-off is paid once per group
+        self._group = _group_for(loader, allocation) if self._direct else 1
+        self._forming: list[BatchRequest] = []  # gather requests of the next group, in order
         self._gathers = 0  # futures in _pending
         self._views = 0.0  # running share of views among recent batches
         self._exhausted = False
@@ -528,7 +551,7 @@ class _ThreadBatches(Iterator[Any]):
                 index = next(self._indices)
             except StopIteration:
                 self._exhausted = True
-                return
+                break
             if not self._inline:
                 pending.append(self._submit(self._build, index))
                 continue
@@ -537,9 +560,33 @@ class _ThreadBatches(Iterator[Any]):
                 # Views are built when due: they cost what they cost without workers. So is a
                 # gather among mostly views: a thread would wait for the GIL, which this thread
                 # holds while it builds views.
-                pending.append(request if view or self._views > 0.5 else self._submit(self._collate, request))
+                if view or self._views > 0.5:
+                    self._flush_group()
+                    pending.append(request)
+                elif self._group > 1 and type(request) is BatchRequest:
+                    self._forming.append(request)
+                    if len(self._forming) >= self._group:
+                        self._flush_group()
+                else:
+                    pending.append(self._submit(self._collate, request))
             except Exception as e:  # raised in its turn, by _next_data
+                self._flush_group()
                 pending.append(_Failed(e))
+        self._flush_group()
+
+    def _flush_group(self) -> None:
+        """Queue the gather requests collected so far: one thread call for all of them."""
+        forming = self._forming
+        if not forming:
+            return
+        self._forming = []
+        if len(forming) == 1:
+            self._pending.append(self._submit(self._collate, forming[0]))
+        else:
+            self._pending.append(_Group(self._submit(self._build_group, forming), forming))
+
+    def _build_group(self, requests: list[BatchRequest]) -> list[Any] | None:
+        return build_group(self._dataset, [r.indices for r in requests], self._allocation)
 
     def _next_data(self) -> Any:
         if self._views > 0.5 and not self._pending and not self._exhausted:
@@ -555,14 +602,33 @@ class _ThreadBatches(Iterator[Any]):
             return self._collate(item)
         if type(item) is _Failed:
             raise item.error
+        if type(item) is _Ready:
+            record_all(item.records)  # its share of the group's work, counted as it is handed out
+            return _pin(item.data) if self._pin else item.data
+        if type(item) is _Group:
+            return self._first_of_group(item)
         self._gathers -= 1
-        future: Future[Any] = item  # type: ignore[assignment]
+        future: Future[Any] = item
         if not self._exhausted:
             self._fill()  # a thread is free once this batch is done: give it the next gather now
         try:
             return future.result(timeout=self._timeout if self._timeout > 0 else None)
         except FutureTimeout:
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
+
+    def _first_of_group(self, group: _Group) -> Any:
+        self._gathers -= 1
+        if not self._exhausted:
+            self._fill()
+        try:
+            built = group.future.result(timeout=self._timeout if self._timeout > 0 else None)
+        except FutureTimeout:
+            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
+        if built is None:  # built one by one instead, here, in order: each error at its own batch
+            self._pending.extendleft(reversed(group.requests))
+        else:
+            self._pending.extendleft(reversed([_Ready(data, records) for data, records in built]))
+        return self._next_data()
 
     def _next_in_turn(self) -> Any:
         """Mostly views and nothing in flight: build the next batch here, exactly as without workers."""
@@ -594,7 +660,10 @@ class _ThreadBatches(Iterator[Any]):
         for item in self._pending:  # batches of an epoch that was left early
             if isinstance(item, Future):
                 item.cancel()
+            elif type(item) is _Group:
+                item.future.cancel()
         self._pending.clear()
+        self._forming = []
         self._gathers = 0
 
     def _shutdown(self) -> None:
