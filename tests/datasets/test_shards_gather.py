@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tests.support import run_isolated
 from zcopy_data import zero_copy_collate
 from zcopy_data.datasets import ArrowDataset, NumpyDataset
 from zcopy_data.errors import FileChangedError
@@ -72,3 +73,35 @@ def test_numpy_shards_gather_from_one_plan(tmp_path):
     LEDGER.reset()
     assert torch.equal(zero_copy_collate(ds.__getitems__(idx))["a"], torch.from_numpy(a[idx]))
     assert LEDGER.bytes_copied == a[idx].nbytes
+
+
+@pytest.mark.reliability
+def test_gather_threads_read_polars_shards_whose_span_is_strided(tmp_path: Path) -> None:
+    # polars places each file's buffers at its own 64-byte offsets: rows of 3072 bytes then sit a
+    # multiple of 1024 bytes apart across files, so the one source over every shard is a strided
+    # view whose span also covers the unmapped gaps between the files. A gather that copied the
+    # whole span first (np.take on a non-contiguous array) read those gaps: a segmentation fault.
+    code = f"""
+import numpy as np, polars as pl, pyarrow as pa
+from zcopy_data import ZeroCopyDataLoader
+from zcopy_data.datasets import ArrowDataset
+img = np.random.default_rng(0).integers(0, 255, (6000, 3072), dtype=np.uint8)
+table = pa.table({{"image": pa.FixedSizeListArray.from_arrays(pa.array(img.ravel()), 3072),
+                  "label": pa.array(np.arange(6000))}})
+for s in range(20):
+    pl.from_arrow(table.slice(s * 300, 300)).write_ipc({str(tmp_path)!r} + f"/p{{s:02d}}.arrow")
+ds = ArrowDataset({str(tmp_path)!r} + "/*.arrow")
+source = ds._shards.planner.plan_for(np.arange(ds._shards.table.shard_of.size)).sources["image"][0]
+assert not source.is_contiguous(), "the span is expected to be strided here"
+loader = ZeroCopyDataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
+assert loader.uses_threads
+seen = []
+for b in loader:
+    labels = b["label"].numpy()
+    assert np.array_equal(b["image"].numpy().reshape(len(labels), -1), img[labels])
+    seen += labels.tolist()
+assert sorted(seen) == list(range(6000))
+print("OK")
+"""
+    done = run_isolated(code, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", (done.returncode, done.stderr[-2000:])

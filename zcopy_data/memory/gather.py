@@ -50,10 +50,18 @@ def take_on_this_thread(src: torch.Tensor, rows: torch.Tensor, out: torch.Tensor
     released while it copies, so gather threads neither oversubscribe the cores nor wait for
     each other. ``rows`` must be valid positions (``mode="clip"`` writes straight into ``out``;
     every caller passes indices a batch request checked). Anything NumPy cannot view (a device
-    tensor, an element size it has no integer for) goes to :func:`select_rows`.
+    tensor, an element size it has no integer for) goes to :func:`select_rows`, and so does a
+    source that is not C-contiguous: ``np.take`` would first copy all of it, and a sharded
+    source's strided span over several mappings also covers the unmapped gaps between them.
     """
     bits = _NUMPY_BITS.get(src.element_size())
-    if bits is None or src.device.type != "cpu" or out.device.type != "cpu" or not out.is_contiguous():
+    if (
+        bits is None
+        or src.device.type != "cpu"
+        or out.device.type != "cpu"
+        or not out.is_contiguous()
+        or not src.is_contiguous()
+    ):
         return select_rows(src, rows, out)
     np.take(src.view(bits).numpy(), rows.numpy(), axis=0, mode="clip", out=out.view(bits).numpy())
     return out
