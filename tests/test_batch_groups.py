@@ -222,3 +222,22 @@ def test_gather_threads_build_groups_too_with_the_same_batches_and_errors_in_the
     assert np.array_equal(next(it)["x"].numpy(), src[[5, 0, 7, 6]])
     with pytest.raises(SampleIndexError, match=r"index 100000 \(position 1 in the batch\)"):
         next(it)
+
+
+class CountedRequests(NumpyDataset):
+    """A dataset that hands out its own requests: it must still be asked for every batch."""
+
+    asked = 0
+
+    def __getitems__(self, indices: Any) -> Any:
+        type(self).asked += 1
+        return super().__getitems__(indices)
+
+
+def test_a_dataset_with_its_own_getitems_is_asked_for_every_batch() -> None:
+    src = np.arange(400, dtype=np.float32).reshape(100, 4)
+    ds = CountedRequests({"x": src})
+    loader = ZeroCopyDataLoader(ds, batch_sampler=LazyShuffleSampler(ds, 5, seed=1))
+    batches = [b["x"] for b in loader]
+    assert CountedRequests.asked == len(batches) == 20
+    assert sorted(np.concatenate([b.numpy()[:, 0] for b in batches]).tolist()) == src[:, 0].tolist()

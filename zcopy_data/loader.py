@@ -353,6 +353,8 @@ def _group_for(loader: ZeroCopyDataLoader, allocation: Allocation) -> int:
     sampler = loader.batch_sampler
     if sampler is None or loader.collate_fn is not zero_copy_collate or not isinstance(loader.dataset, ZeroCopyDataset):
         return 1
+    if type(loader.dataset).__getitems__ is not ZeroCopyDataset.__getitems__:
+        return 1  # a dataset that hands out its own requests is asked for each batch, as before
     size = getattr(sampler, "batch_size", None)
     if not isinstance(size, int):
         return 1
