@@ -26,3 +26,16 @@ def npy_files(tmp_path: Path) -> dict[str, Path]:
     np.save(paths["image"], rng.integers(0, 256, size=(100, 3, 4, 4), dtype=np.uint8))
     np.save(paths["label"], np.arange(100, dtype=np.int64))
     return paths
+
+
+@pytest.fixture
+def tokens() -> np.ndarray:
+    """5,000 random token ids, as nanoGPT's ``uint16`` files hold them."""
+    return np.random.default_rng(0).integers(0, 50257, 5000, dtype=np.uint16)
+
+
+@pytest.fixture
+def bin_file(tmp_path: Path, tokens: np.ndarray) -> Path:
+    path = tmp_path / "train.bin"
+    tokens.tofile(path)  # as nanoGPT's prepare.py writes it
+    return path

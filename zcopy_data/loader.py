@@ -294,7 +294,7 @@ class _Batches(Iterator[Any]):
         self._fetch = _fetcher(loader, allocation)
         self._group = _group_for(loader, allocation)
         self._allocation = allocation
-        self._ready: deque[tuple[Any, Any]] = deque()
+        self._ready: deque[Any] = deque()  # built batches of a group, index batches to build, an error
 
     def __iter__(self) -> _Batches:
         return self
@@ -331,21 +331,18 @@ class _Batches(Iterator[Any]):
             except Exception as err:  # the sampler's error, raised after the batches drawn before it
                 failed = err
             built = build_group(self._loader.dataset, batches, self._allocation)
-            ready.extend(((_LATER, b) for b in batches) if built is None else built)
+            ready.extend(batches if built is None else (_Ready(data, records) for data, records in built))
             if failed is not None:
-                ready.append((_FAILED, failed))
-        data, records = ready.popleft()
-        if data is _LATER:
-            data = self._fetch(records)  # built alone, at its turn
-        elif data is _FAILED:
-            raise records
+                ready.append(_Failed(failed))
+        item = ready.popleft()
+        if type(item) is _Ready:
+            record_all(item.records)  # this batch's share of the group's work, counted as it is handed out
+            data = item.data
+        elif type(item) is _Failed:
+            raise item.error
         else:
-            record_all(records)  # this batch's share of the group's work, counted as it is handed out
+            data = self._fetch(item)  # an index batch, built alone at its turn
         return _pin(data) if self._pin else data
-
-
-_LATER = object()  # a queued index batch still to be built
-_FAILED = object()  # the sampler's error, due after the batches drawn before it
 
 
 def _group_for(loader: ZeroCopyDataLoader, allocation: Allocation) -> int:
@@ -613,6 +610,10 @@ class _ThreadBatches(Iterator[Any]):
         future: Future[Any] = item
         if not self._exhausted:
             self._fill()  # a thread is free once this batch is done: give it the next gather now
+        return self._result(future)
+
+    def _result(self, future: Future[Any]) -> Any:
+        """A thread's result, within the loader's ``timeout`` as ``DataLoader`` words its error."""
         try:
             return future.result(timeout=self._timeout if self._timeout > 0 else None)
         except FutureTimeout:
@@ -622,10 +623,7 @@ class _ThreadBatches(Iterator[Any]):
         self._gathers -= 1
         if not self._exhausted:
             self._fill()
-        try:
-            built = group.future.result(timeout=self._timeout if self._timeout > 0 else None)
-        except FutureTimeout:
-            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from None
+        built = self._result(group.future)
         if built is None:  # built one by one instead, here, in order: each error at its own batch
             self._pending.extendleft(reversed(group.requests))
         else:

@@ -45,18 +45,6 @@ def _check(batch: dict[str, torch.Tensor], idx: list[int], tokens: np.ndarray, s
         assert np.array_equal(batch["target"][row].numpy(), y), (row, i)
 
 
-@pytest.fixture
-def tokens() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 50257, 5000, dtype=np.uint16)
-
-
-@pytest.fixture
-def bin_file(tmp_path: Path, tokens: np.ndarray) -> Path:
-    path = tmp_path / "train.bin"
-    tokens.tofile(path)  # as nanoGPT's prepare.py writes it
-    return path
-
-
 def write_megatron(prefix: Path, docs: list[np.ndarray], dtype: np.dtype, *, multimodal: bool = False) -> None:
     """A Megatron-LM pair written from its documented layout: one sequence per document."""
     lengths = np.array([len(d) for d in docs], dtype=np.int32)
