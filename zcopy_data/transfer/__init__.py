@@ -11,6 +11,7 @@ from zcopy_data.memory.pinned import PinnedBufferPool, PinnedSlot
 from zcopy_data.transfer.cast import Cast, DeviceCast, validate_cast
 from zcopy_data.transfer.device import DevicePrefetcher, to_device
 from zcopy_data.transfer.resident import DeviceResidentDataset, to_device_resident
+from zcopy_data.transfer.static import StaticRing
 
 __all__ = [
     "Cast",
@@ -20,6 +21,7 @@ __all__ = [
     "PinnedBufferPool",
     "PinnedSlot",
     "PoolExhaustedError",
+    "StaticRing",
     "to_device",
     "to_device_resident",
     "validate_cast",

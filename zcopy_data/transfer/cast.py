@@ -354,6 +354,21 @@ def cast_tensor(t: torch.Tensor, cast: Cast, allocation: Allocation | None = Non
     return out if out.dtype == cast.dtype else out.to(cast.dtype)
 
 
+def cast_into(t: torch.Tensor, cast: Cast, out: torch.Tensor) -> torch.Tensor:
+    """:func:`cast_tensor` written into ``out`` (``cast.dtype``, ``t``'s shape); returns ``out``.
+
+    The same values: a plain cast is ``out.copy_(t)``; a normalising one computes the affine pass
+    in its working dtype, into ``out`` itself when that is the working dtype.
+    """
+    if not cast.normalises:
+        return out.copy_(t)
+    a, b = _affine(cast, t.device, t.dim())
+    if out.dtype == a.dtype:
+        torch.mul(t.to(a.dtype) if t.dtype.is_floating_point else t, a, out=out)  # integers: no temporary
+        return out.add_(b)
+    return out.copy_(cast_tensor(t, cast))
+
+
 @functools.lru_cache(maxsize=64)
 def _affine(cast: Cast, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``a = scale / std`` and ``b = -mean / std`` in the working dtype, shaped to broadcast, on ``device``."""

@@ -34,6 +34,7 @@ from zcopy_data.memory.policy import ExactPinnedAllocation, HostAllocation
 from zcopy_data.schema import Schema, schema_of
 from zcopy_data.transfer._streams import on_stream, resolve_device, side_stream
 from zcopy_data.transfer.cast import CastMap, DeviceCast
+from zcopy_data.transfer.static import StaticRing
 
 __all__ = ["DevicePrefetcher", "to_device"]
 
@@ -179,6 +180,13 @@ class DevicePrefetcher:
         non_blocking: copy asynchronously (only pinned memory can be).
         pin: stage batches that are not pinned through the pool (accelerators only).
         schema: the batches' schema, when the loader cannot tell.
+        static: deliver every batch into the same buffers, for a model step captured as a CUDA
+            graph (:mod:`zcopy_data.transfer.static`): a ring of ``slots`` fixed-address buffer
+            sets, allocated at the first batch and kept for every epoch; :attr:`ring` names them.
+            A batch stays unchanged until the consumer asks for the one ``slots - depth`` after it
+            (``depth`` is cut to ``slots - 1``; with one slot each copy starts when its batch is
+            asked for). The copy and the casts write into the slot; nothing else is allocated.
+        slots: buffer sets in the static ring (default ``depth + 1``; ``static=True`` only).
 
     >>> import numpy as np
     >>> from torch.utils.data import DataLoader
@@ -199,9 +207,13 @@ class DevicePrefetcher:
         non_blocking: bool = True,
         pin: bool = True,
         schema: Schema | None = None,
+        static: bool = False,
+        slots: int | None = None,
     ) -> None:
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"{depth=} should be an int >= 1")
+        if slots is not None and not static:
+            raise ValueError(f"{slots=} sizes the static ring: pass static=True with it, or leave slots out")
         self.loader = loader
         self.device = resolve_device(device)
         self.depth = depth
@@ -213,6 +225,7 @@ class DevicePrefetcher:
         # on cpu, the casts' outputs: reused once nothing holds them (the batches in flight, the
         # one in use and the one before it), not a fresh buffer per batch for glibc to give back
         self._cast_outputs: HostAllocation | None = None
+        self.ring = StaticRing(depth + 1 if slots is None else slots, self.device, self.cast) if static else None
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -240,6 +253,8 @@ class DevicePrefetcher:
 
     def _batches(self) -> Iterator[Any]:
         # generators: the loader's epoch begins at the first batch asked for, not at iter()
+        if self.ring is not None:
+            return self._static_batches(self.ring)
         return self._cpu_batches() if self.device.type == "cpu" else self._device_batches()
 
     def _cpu_batches(self) -> Iterator[Any]:
@@ -286,6 +301,84 @@ class DevicePrefetcher:
                 consumed.popleft().synchronize()
             issue()
             yield batch
+
+    def _static_batches(self, ring: StaticRing) -> Iterator[Any]:
+        """Every batch written into slot ``k % slots`` of ``ring``, ``slots - 1`` at most ahead.
+
+        When the consumer asks for batch ``k``, an event on its stream marks the end of the work
+        it queued on batch ``k - 1``; the copy that next rewrites that batch's slot waits for it
+        on the device. On ``cpu`` the copies run in order, synchronously: the same schedule.
+        """
+        on_cpu = self.device.type == "cpu"
+        it = self._host_iter(on_cpu)
+        ahead = min(self.depth, ring.slots - 1)
+        freed: list[torch.Event | None] = [None] * ring.slots  # per slot: the consumer is done with it
+        queue: deque[tuple[Any, torch.Event | None]] = deque()
+        consumed: deque[torch.Event] = deque()
+        issued = 0
+
+        def issue() -> bool:
+            nonlocal issued
+            try:
+                batch = next(it)
+            except StopIteration:
+                return False
+            slot = issued % ring.slots
+            if on_cpu:
+                queue.append((ring.fill(slot, batch, non_blocking=False), None))
+            else:
+                queue.append(self._fill_on_device(ring, slot, batch, freed[slot]))
+            issued += 1
+            return True
+
+        for _ in range(ahead):
+            if not issue():
+                break
+        handed = 0
+        while True:
+            if not on_cpu and handed:
+                done = torch.accelerator.current_stream(self.device).record_event()
+                freed[(handed - 1) % ring.slots] = done  # the work queued on the batch before this one
+                consumed.append(done)
+                while len(consumed) > self.depth + 1:  # the host runs at most depth + 2 batches ahead
+                    consumed.popleft().synchronize()
+            if not ahead and not issue():
+                return
+            if not queue:
+                return
+            batch, copied = queue.popleft()
+            if copied is not None:
+                torch.accelerator.current_stream(self.device).wait_event(copied)
+            if ahead:
+                issue()
+            handed += 1
+            yield batch
+
+    def _fill_on_device(
+        self, ring: StaticRing, slot: int, batch: Any, freed: torch.Event | None
+    ) -> tuple[Any, torch.Event]:
+        """Copy ``batch`` into ``slot`` on the transfer stream, after ``freed``; the batch and its event."""
+        stream = side_stream(self.device)
+        batch, pool_slot = self._stage(batch)
+        host = [t for _, t in leaves(batch) if t.device.type == "cpu"]
+        try:
+            consumer = torch.accelerator.current_stream(self.device)
+            if len(host) != sum(1 for _ in leaves(batch)):
+                stream.wait_stream(consumer)  # tensors already on a device were written on the consumer's stream
+            with on_stream(stream):
+                if freed is not None:
+                    stream.wait_event(freed)
+                out = ring.fill(slot, batch, non_blocking=self.non_blocking)
+                event = stream.record_event()
+        except BaseException:
+            if pool_slot is not None:
+                stream.synchronize()
+                pool_slot.release()
+            raise
+        hold_until(event, host)
+        if pool_slot is not None:
+            pool_slot.release(event)
+        return out, event
 
     def _start_cpu(self, batch: Any) -> Any:
         """The batch, cast: nothing is pinned or copied on ``cpu``, and the ledger says so."""
