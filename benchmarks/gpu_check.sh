@@ -151,6 +151,9 @@ if bench.exists():
             "vs_best_worker_count": figure("end_to_end", "ratio_vs_best_default")},
         "step_vs_max_compute_copy": {
             "value": figure("step", "ratio_to_max"), "target": "<= 1.1", "pass": data["pass"]["step"]},
+        "graph_replay_over_static_batches": {
+            "ring_ms": figure("graph", "ring_replay_ms"), "copy_then_replay_ms": figure("graph", "copy_then_replay_ms"),
+            "eager_ms": figure("graph", "eager_ms"), "pass": data["pass"].get("graph_matches_eager")},
         "cuda_tests_race_included": {
             "passed": report["pytest_cuda"].get("passed", 0),
             "pass": pytest_rc == 0 and report["pytest_cuda"].get("passed", 0) > 0,

@@ -10,7 +10,10 @@ Three measurements, each next to its baseline in the same process:
   default path with DataLoader's default of no workers; the ratio to its best worker count is
   reported next to it);
 * ``step``: time per training step with a synthetic compute kernel against
-  ``max(compute, copy)`` (target: <= 1.1x), for compute = 1x and 2x the copy time.
+  ``max(compute, copy)`` (target: <= 1.1x), for compute = 1x and 2x the copy time;
+* ``graph`` (CUDA only): step time of a CUDA-graph-captured step over ``DevicePrefetcher(static=True)``
+  batches (one graph per slot, no copy) against ``static_input.copy_(batch)`` + replay and eager
+  steps, and whether the replayed results equal eager ones.
 
 It runs on any device, ``cpu`` included (where nothing is copied, so the ratios say little; the
 CPU run exists so the script is tested everywhere)::
@@ -211,6 +214,87 @@ def bench_step(device: torch.device, nbytes: int, steps: int) -> dict[str, Any]:
     return out
 
 
+# -- 4. graph replay over static batches ------------------------------------------------------------
+class _Feed:
+    """``steps`` pinned batches, one epoch per ``iter()``: a loader the prefetchers can run twice."""
+
+    def __init__(self, sources: list[torch.Tensor], steps: int) -> None:
+        self.sources, self.steps = sources, steps
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return ({"image": self.sources[k % len(self.sources)]} for k in range(self.steps))
+
+
+def _capture(fn: Callable[[], torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph asks
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def bench_graph(device: torch.device, batch_size: int, shape: tuple[int, ...], steps: int) -> dict[str, Any]:
+    """Step time of a captured step over delivered batches: the static ring (graph per slot, no
+    copy) against the usual recipe (``static_input.copy_(batch)`` then replay) and eager steps."""
+    if device.type != "cuda":
+        return {"skipped": f"CUDA graphs need a CUDA device, not {device.type}"}
+    features = int(np.prod(shape))
+    sources = [_pinned(batch_size * features, device).view(batch_size, *shape) for _ in range(3)]
+    for k, src in enumerate(sources):
+        src.copy_(torch.randint(0, 256, src.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
+    weight = torch.randn(features, 256, device=device, dtype=torch.float16) / features**0.5
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x.reshape(x.shape[0], -1).to(torch.float16) @ weight).sum(1)
+
+    feed = _Feed(sources, steps)
+    static_in = torch.empty((batch_size, *shape), dtype=torch.uint8, device=device)
+    copy_graph, copy_out = _capture(lambda: model(static_in))
+    ring_pf = DevicePrefetcher(feed, device, static=True)
+    ring = ring_pf.ring
+    assert ring is not None
+    graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+    matches = True
+    for b in ring_pf:  # first epoch: the ring is allocated, one graph captured per slot, checked
+        slot = ring.slot_of(b)
+        if slot not in graphs:
+            buf = ring.buffers[slot]["image"]
+            graphs[slot] = _capture(lambda buf=buf: model(buf))  # type: ignore[misc]
+        graph, out = graphs[slot]
+        graph.replay()
+        matches = matches and bool(torch.equal(out, model(b["image"])))
+
+    def eager() -> None:
+        for b in DevicePrefetcher(feed, device):
+            model(b["image"])
+
+    def copy_then_replay() -> None:
+        for b in DevicePrefetcher(feed, device):
+            static_in.copy_(b["image"])
+            copy_graph.replay()
+
+    def ring_replay() -> None:
+        for b in ring_pf:
+            graphs[ring.slot_of(b)][0].replay()
+
+    times = {name: min(_timed(device, fn) for _ in range(3)) / steps * 1000 for name, fn in
+             (("eager_ms", eager), ("copy_then_replay_ms", copy_then_replay), ("ring_replay_ms", ring_replay))}
+    del copy_out
+    return {
+        "batch_bytes": batch_size * features,
+        "steps": steps,
+        **times,
+        "ring_over_copy_then_replay": times["ring_replay_ms"] / times["copy_then_replay_ms"],
+        "graphs": len(graphs),
+        "matches_eager": matches,
+    }
+
+
 def _torch_pinned_bytes(nbytes: int) -> int | None:
     """What PyTorch's pinned allocator reserves for one ``nbytes`` request (CUDA only)."""
     before = torch.cuda.host_memory_stats().get("allocated_bytes.current", 0)
@@ -306,11 +390,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     section("h2d", h2d)
     section("end_to_end", end_to_end)
     section("step", step)
+    section("graph", lambda: bench_graph(device, args.batch_size, shape, args.steps))
     report["pass"] = {
         "h2d": report["h2d"].get("ratio", 0.0) >= 0.9,
         "end_to_end": report["end_to_end"].get("ratio", 0.0) >= 2.0,
         "step": report["step"].get("ratio_to_max", float("inf")) <= 1.1,
     }
+    if "matches_eager" in report["graph"]:
+        report["pass"]["graph_matches_eager"] = bool(report["graph"]["matches_eager"])
     return report
 
 
