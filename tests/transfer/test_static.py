@@ -157,6 +157,12 @@ def test_a_batch_of_another_shape_or_more_rows_is_refused_naming_the_field_and_t
         list(DevicePrefetcher(other, "cpu", static=True))
 
 
+def test_a_field_with_no_elements_does_not_mislead_slot_of():
+    batches = [{"empty": torch.zeros(4, 0), "x": torch.full((4, 2), float(k))} for k in range(5)]
+    pf = DevicePrefetcher(batches, "cpu", static=True)
+    assert [pf.ring.slot_of(b) for b in pf] == [0, 1, 2, 0, 1]
+
+
 def test_slots_without_static_and_bad_slot_counts_are_refused():
     with pytest.raises(ValueError, match="pass static=True"):
         DevicePrefetcher([], "cpu", slots=2)

@@ -72,7 +72,8 @@ class StaticRing:
             self._raw.append(raw)
         for s, out in enumerate(self.buffers):
             for t in out.values():
-                self._owner[t.data_ptr()] = s
+                if t.numel():  # an empty buffer has no address of its own to tell slots apart by
+                    self._owner[t.data_ptr()] = s
 
     def _cast_of(self, name: str) -> Any:
         return self.cast.get("0" if name == ROOT else name)  # a lone tensor is field "0" to a cast map
@@ -139,7 +140,7 @@ class StaticRing:
     def slot_of(self, batch: Any) -> int:
         """The slot whose buffers ``batch`` (a delivered batch, or one of its tensors) lives in."""
         for _, t in leaves(batch):
-            slot = self._owner.get(t.data_ptr())
+            slot = self._owner.get(t.data_ptr()) if t.numel() else None
             if slot is not None:
                 return slot
         raise ValueError("not a batch of this ring: its tensors live in none of the slots' buffers")
